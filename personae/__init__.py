@@ -1,0 +1,23 @@
+"""personae: multi-agent role-play simulations with LLMs.
+
+LangGraph graphs wire role-playing agents around one shared inference backend, and every turn is
+stored in SQLite. Start with `personae.run("counseling_cbt", episodes=2)`.
+"""
+
+from personae._version import __version__
+from personae.errors import UserError
+from personae.runner import RunResult, arun, run
+from personae.scenario import Scenario, load_scenario, plan_episodes
+from personae.store import RunLog
+
+__all__ = [
+    "RunLog",
+    "RunResult",
+    "Scenario",
+    "UserError",
+    "__version__",
+    "arun",
+    "load_scenario",
+    "plan_episodes",
+    "run",
+]

@@ -1,0 +1,171 @@
+"""Agents: a role, a persona, a prompt renderer and sampling settings.
+
+An agent never calls another agent or a backend: the graph hands it the conversation as seen from
+its side and sends the `GenerationRequest` it builds to the backend. Prompts are prefix-stable:
+the private header (system text and persona) comes first and never changes, history is appended,
+so the prompt at turn t+1 extends the prompt at turn t and engines reuse their prefix cache.
+
+Two render modes: `transcript` (base models: a screenplay ending in this agent's speaker tag, with
+stop strings at every speaker tag) and `chat` (instruct models: system + alternating messages, own
+lines as `assistant`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from personae.backends import GenerationRequest, Message, RenderMode
+
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][\"')\]])\s+")
+_SPEAKER_TAG = re.compile(r"(?:^|\n)\s*\**[A-Z][\w .'-]{0,30}\**\s*:")
+_SPACES = re.compile(r"\s+")
+
+
+class Sampling(BaseModel):
+    """Sampling settings for an agent's calls."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(120, ge=1, le=8192)
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    """A line of the conversation as the graph hands it to agents."""
+
+    agent: str
+    label: str
+    text: str
+
+
+class Agent:
+    """Base class of every role.
+
+    Subclasses set `role` and `persona_model`, and override `system_prompt` (private header).
+    They may override `opening` (a fixed first line), `max_sentences` and `is_farewell`.
+
+    Args:
+        name: The agent's name in the scenario (unique within an episode).
+        persona: A validated instance of `persona_model`.
+        sampling: Sampling settings.
+        render_mode: "transcript" or "chat".
+        label: The speaker tag shown in transcripts (default: the role, capitalised).
+    """
+
+    role: ClassVar[str] = "agent"
+    persona_model: ClassVar[type[BaseModel]] = BaseModel
+    #: Preamble of a transcript prompt, before the private header.
+    transcript_title: ClassVar[str] = "Transcript of a conversation."
+
+    def __init__(
+        self,
+        name: str,
+        persona: BaseModel,
+        *,
+        sampling: Sampling | None = None,
+        render_mode: RenderMode = "transcript",
+        label: str | None = None,
+    ) -> None:
+        self.name = name
+        self.persona = persona
+        self.sampling = sampling or Sampling()
+        self.render_mode: RenderMode = render_mode
+        self.label = label or self.role.replace("_", " ").title()
+
+    # -- what subclasses specialise -------------------------------------------------------
+    def system_prompt(self) -> str:
+        """Private instructions and persona; constant for the whole episode."""
+        return ""
+
+    def opening(self) -> str | None:
+        """A fixed first line when this agent opens the conversation, or None to generate it."""
+        return None
+
+    def max_sentences(self) -> int:
+        """Sentence cap applied to each of this agent's turns."""
+        return 5
+
+    def is_farewell(self, text: str) -> bool:
+        """True when `text` ends the conversation from this agent's side."""
+        return False
+
+    def hidden_state(self) -> dict[str, Any]:
+        """Private per-turn state to log next to the visible text (hidden from others)."""
+        return {}
+
+    # -- rendering -------------------------------------------------------------------------
+    def request(
+        self,
+        history: Sequence[Utterance],
+        labels: Sequence[str],
+        *,
+        seed: int | None,
+        tags: dict[str, Any],
+    ) -> GenerationRequest:
+        """The request for this agent's next line, given the conversation so far.
+
+        Args:
+            history: Every line so far, in order.
+            labels: Speaker tags of every participant (for stop strings).
+            seed: The call's seed.
+            tags: Who is asking (episode id, turn, ...); passed through to the backend.
+        """
+        common: dict[str, Any] = {
+            "temperature": self.sampling.temperature,
+            "top_p": self.sampling.top_p,
+            "max_tokens": self.sampling.max_tokens,
+            "seed": seed,
+            "tags": {**tags, "agent": self.name, "role": self.role},
+        }
+        if self.render_mode == "chat":
+            return GenerationRequest(messages=self.render_messages(history), **common)
+        stops = tuple(dict.fromkeys(f"\n{label}:" for label in labels)) + ("\n\n",)
+        return GenerationRequest(prompt=self.render_transcript(history), stop=stops, **common)
+
+    def render_transcript(self, history: Sequence[Utterance]) -> str:
+        """Screenplay prompt: title, private header, the lines so far, then this agent's tag."""
+        parts = [self.transcript_title]
+        header = self.system_prompt().strip()
+        if header:
+            parts.append(header)
+        lines = [f"{u.label}: {u.text}" for u in history]
+        lines.append(f"{self.label}:")
+        return "\n\n".join(parts) + "\n\n" + "\n".join(lines)
+
+    def render_messages(self, history: Sequence[Utterance]) -> tuple[Message, ...]:
+        """Chat prompt: system text, then others' lines as `user` and own lines as `assistant`."""
+        messages = [Message("system", self.system_prompt().strip())]
+        if history and history[0].agent == self.name:
+            messages.append(Message("user", "(The conversation begins.)"))
+        for u in history:
+            role = "assistant" if u.agent == self.name else "user"
+            messages.append(Message(role, u.text))
+        if len(messages) == 1:
+            messages.append(Message("user", "(The conversation begins. Please start.)"))
+        return tuple(messages)
+
+    # -- output cleaning -------------------------------------------------------------------
+    def clean(self, raw: str, *, truncated: bool = False) -> str:
+        """Visible text from a raw completion: cut at any speaker tag, fold whitespace, keep
+        at most `max_sentences()` sentences and drop a dangling half-sentence when the output
+        was cut by the token limit. May return "" (the graph then retries)."""
+        text = raw
+        tag = _SPEAKER_TAG.search(text)
+        if tag and tag.start() > 0:
+            text = text[: tag.start()]
+        elif tag:  # starts with a tag such as "Client:" — drop the tag itself
+            text = text[tag.end() :]
+            nxt = _SPEAKER_TAG.search(text)
+            text = text[: nxt.start()] if nxt else text
+        text = _SPACES.sub(" ", text).strip().strip('"').strip()
+        sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
+        if truncated and len(sentences) > 1 and not re.search(r"[.!?…][\"')\]]*$", text):
+            sentences = sentences[:-1]
+        return " ".join(sentences[: self.max_sentences()]).strip()

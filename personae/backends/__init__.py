@@ -1,0 +1,38 @@
+"""Inference backends: one async contract, many engines, chosen by a spec string.
+
+Use `create_backend("embedded")` (llama.cpp in-process, the default), `"openai:URL"`,
+`"vllm:PATH"` or `"scripted"`; wrap AutoGen model clients with `AutoGenBackend` and expose any
+backend to AutoGen with `BackendChatClient`.
+"""
+
+from personae.backends._base import (
+    Backend,
+    BackendError,
+    GenerationRequest,
+    GenerationResult,
+    Message,
+    RenderMode,
+    TokenLogprob,
+)
+from personae.backends._autogen import AutoGenBackend, BackendChatClient
+from personae.backends._embedded import EmbeddedBackend
+from personae.backends._registry import backend_kinds, create_backend, parse_spec, register_backend
+from personae.backends._scripted import ScriptedBackend
+
+__all__ = [
+    "AutoGenBackend",
+    "Backend",
+    "BackendChatClient",
+    "BackendError",
+    "EmbeddedBackend",
+    "GenerationRequest",
+    "GenerationResult",
+    "Message",
+    "RenderMode",
+    "ScriptedBackend",
+    "TokenLogprob",
+    "backend_kinds",
+    "create_backend",
+    "parse_spec",
+    "register_backend",
+]

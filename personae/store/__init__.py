@@ -1,0 +1,24 @@
+"""The SQLite turn log: schema, the single batched writer, and readers.
+
+Every turn of every episode is stored (`turns`), with the model call behind it (`llm_calls`),
+grouped by `episodes` and `runs`. Databases carry a schema version; readers refuse newer ones.
+"""
+
+from personae.store._reader import RunLog, Turn
+from personae.store._schema import (
+    SCHEMA_VERSION,
+    check_database,
+    episode_key,
+    open_database,
+)
+from personae.store._writer import TurnLogWriter
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "RunLog",
+    "Turn",
+    "TurnLogWriter",
+    "check_database",
+    "episode_key",
+    "open_database",
+]

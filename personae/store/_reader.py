@@ -1,0 +1,137 @@
+"""Reading a turn-log database: runs, episodes, transcripts and calls.
+
+`RunLog(path)` checks the file (a personae database of a readable version) and opens it
+read-only. Episode ids may be abbreviated to any unique prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from personae.errors import UserError
+from personae.store._schema import check_database
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One logged turn: who spoke, what they said (visible text) and hidden state."""
+
+    idx: int
+    agent: str
+    role: str
+    text: str
+    hidden: dict[str, Any]
+    call_id: str | None
+
+
+class RunLog:
+    """Read-only access to a personae run database."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        check_database(self.path)
+        self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        self._conn.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._conn.execute(sql, args)]
+
+    def runs(self) -> list[dict[str, Any]]:
+        """All runs, oldest first."""
+        return self._rows("SELECT * FROM runs ORDER BY created_at")
+
+    def episodes(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Episodes (of one run, or all), in run order."""
+        if run_id:
+            return self._rows(
+                "SELECT * FROM episodes WHERE run_id = ? ORDER BY idx", run_id
+            )
+        return self._rows(
+            "SELECT e.* FROM episodes e JOIN runs r USING (run_id) ORDER BY r.created_at, e.idx"
+        )
+
+    def resolve_episode(self, episode: str) -> str:
+        """Full episode id for an id, a unique prefix, or a 0-based index into `episodes()`."""
+        rows = self._rows(
+            "SELECT episode_id FROM episodes WHERE episode_id LIKE ? || '%'", episode
+        )
+        if len(rows) == 1:
+            return str(rows[0]["episode_id"])
+        if not rows and episode.isdigit():
+            eps = self.episodes()
+            if int(episode) < len(eps):
+                return str(eps[int(episode)]["episode_id"])
+        detail = "matches several episodes" if rows else "no such episode"
+        raise UserError(
+            f"{detail}: {episode!r}",
+            where=str(self.path),
+            fix=f"list episode ids with 'personae show {self.path}'",
+        )
+
+    def episode(self, episode_id: str) -> dict[str, Any]:
+        """The episode row (condition and personas decoded)."""
+        full = self.resolve_episode(episode_id)
+        row = self._rows("SELECT * FROM episodes WHERE episode_id = ?", full)[0]
+        row["condition"] = json.loads(row.pop("condition_json") or "{}")
+        row["personas"] = json.loads(row.pop("personas_json") or "{}")
+        return row
+
+    def turns(self, episode_id: str) -> list[Turn]:
+        """The episode's turns in order."""
+        full = self.resolve_episode(episode_id)
+        return [
+            Turn(
+                idx=r["idx"],
+                agent=r["agent"],
+                role=r["role"],
+                text=r["text"],
+                hidden=json.loads(r["hidden_json"] or "{}"),
+                call_id=r["call_id"],
+            )
+            for r in self._rows(
+                "SELECT * FROM turns WHERE episode_id = ? ORDER BY idx", full
+            )
+        ]
+
+    def calls(self, episode_id: str) -> list[dict[str, Any]]:
+        """The episode's model calls in order."""
+        full = self.resolve_episode(episode_id)
+        return self._rows(
+            "SELECT * FROM llm_calls WHERE episode_id = ? ORDER BY turn_idx", full
+        )
+
+    def summary(self, run_id: str | None = None) -> dict[str, Any]:
+        """Counts and token totals (of one run, or all)."""
+        where, args = ("WHERE e.run_id = ?", (run_id,)) if run_id else ("", ())
+        row = self._conn.execute(
+            f"""SELECT count(DISTINCT e.episode_id) AS episodes,
+                       sum(e.status = 'complete') AS complete,
+                       sum(e.status = 'failed') AS failed
+                FROM episodes e {where}""",
+            args,
+        ).fetchone()
+        calls = self._conn.execute(
+            f"""SELECT count(*) AS calls, coalesce(sum(c.prompt_tokens), 0) AS prompt_tokens,
+                       coalesce(sum(c.completion_tokens), 0) AS completion_tokens,
+                       coalesce(sum(c.cached_tokens), 0) AS cached_tokens
+                FROM llm_calls c JOIN episodes e USING (episode_id) {where}""",
+            args,
+        ).fetchone()
+        turns = self._conn.execute(
+            f"SELECT count(*) FROM turns t JOIN episodes e USING (episode_id) {where}", args
+        ).fetchone()[0]
+        return {**dict(row), **dict(calls), "turns": turns}

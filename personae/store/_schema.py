@@ -1,0 +1,196 @@
+"""The turn-log schema: tables, version check and opening a database safely.
+
+Tables: `meta` (app name and `schema_version`), `runs`, `episodes`, `turns` (append-only; visible
+text in `text`, hidden per-turn state in `hidden_json`) and `llm_calls` (rendered prompt, sampling
+params, seed, raw output, token counts, latency, backend id). Readers refuse databases written by a
+newer schema and files that are not personae databases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from personae.errors import UserError
+
+APP = "personae"
+SCHEMA_VERSION = 1
+
+_TABLES: dict[str, dict[str, Any]] = {
+    "runs": {
+        "columns": {
+            "run_id": str,
+            "scenario": str,
+            "scenario_path": str,
+            "spec_json": str,
+            "backend": str,
+            "seed": int,
+            "status": str,
+            "created_at": str,
+            "finished_at": str,
+            "summary_json": str,
+            "personae_version": str,
+        },
+        "pk": "run_id",
+    },
+    "episodes": {
+        "columns": {
+            "episode_id": str,
+            "run_id": str,
+            "idx": int,
+            "scenario": str,
+            "condition_json": str,
+            "personas_json": str,
+            "seed": int,
+            "status": str,
+            "end_reason": str,
+            "error": str,
+            "n_turns": int,
+            "started_at": str,
+            "finished_at": str,
+        },
+        "pk": "episode_id",
+        "foreign_keys": [("run_id", "runs", "run_id")],
+    },
+    "turns": {
+        "columns": {
+            "id": int,
+            "episode_id": str,
+            "idx": int,
+            "agent": str,
+            "role": str,
+            "text": str,
+            "hidden_json": str,
+            "call_id": str,
+            "created_at": str,
+        },
+        "pk": "id",
+        "foreign_keys": [("episode_id", "episodes", "episode_id")],
+    },
+    "llm_calls": {
+        "columns": {
+            "call_id": str,
+            "episode_id": str,
+            "turn_idx": int,
+            "agent": str,
+            "backend": str,
+            "render_mode": str,
+            "prompt": str,
+            "messages_json": str,
+            "params_json": str,
+            "seed": int,
+            "output": str,
+            "finish_reason": str,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "cached_tokens": int,
+            "latency_s": float,
+            "attempts": int,
+            "created_at": str,
+        },
+        "pk": "call_id",
+        "foreign_keys": [("episode_id", "episodes", "episode_id")],
+    },
+}
+
+_APPEND_ONLY = """
+CREATE TRIGGER IF NOT EXISTS turns_append_only BEFORE UPDATE ON turns
+BEGIN SELECT RAISE(ABORT, 'turns are append-only'); END;
+"""
+
+
+def episode_key(scenario: str, condition: dict[str, Any], seed: int, index: int) -> str:
+    """Stable episode id from (scenario, condition incl. persona ids, seed, index)."""
+    blob = json.dumps([scenario, condition, seed, index], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection with WAL, foreign keys and a busy timeout."""
+    conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def _not_personae(path: Path) -> UserError:
+    return UserError(
+        "not a personae run database",
+        where=str(path),
+        fix="pass a .db file written by 'personae run'",
+    )
+
+
+def check_database(path: Path) -> None:
+    """Raise `UserError` unless `path` is a personae database this version can read."""
+    if not path.is_file():
+        raise UserError(
+            "database file not found",
+            where=str(path),
+            fix="pass the path printed by 'personae run' (default folder: logs/)",
+        )
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise _not_personae(path) from exc
+    if rows.get("app") != APP:
+        raise _not_personae(path)
+    version = int(rows.get("schema_version", 0))
+    if version > SCHEMA_VERSION:
+        raise UserError(
+            f"database schema version {version} is newer than this personae supports "
+            f"({SCHEMA_VERSION})",
+            where=str(path),
+            fix="upgrade personae (pip install -U personae)",
+        )
+
+
+def open_database(path: Path, *, create: bool) -> sqlite_utils.Database:
+    """Open (and with `create`, initialise) a turn-log database.
+
+    An existing file must be a personae database of a version this code reads; an empty or new
+    file is initialised when `create` is true.
+    """
+    path = Path(path)
+    fresh = not path.exists() or path.stat().st_size == 0
+    if fresh and not create:
+        check_database(path)  # raises "not found" / "not a personae database"
+    if not fresh:
+        check_database(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_utils.Database(connect(path))
+    if fresh:
+        ensure_schema(db)
+    return db
+
+
+def ensure_schema(db: sqlite_utils.Database) -> None:
+    """Create the tables, indexes and version row (idempotent)."""
+    with db.conn:
+        meta = db.table("meta")
+        meta.create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        for name, spec in _TABLES.items():
+            db.table(name).create(
+                spec["columns"],
+                pk=spec["pk"],
+                foreign_keys=spec.get("foreign_keys"),
+                if_not_exists=True,
+            )
+        db.table("turns").create_index(["episode_id", "idx"], unique=True, if_not_exists=True)
+        db.table("episodes").create_index(["run_id", "idx"], if_not_exists=True)
+        db.table("llm_calls").create_index(["episode_id", "turn_idx"], if_not_exists=True)
+        db.conn.executescript(_APPEND_ONLY)
+        meta.upsert_all(
+            [{"key": "app", "value": APP}, {"key": "schema_version", "value": str(SCHEMA_VERSION)}],
+            pk="key",
+        )
