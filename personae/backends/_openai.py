@@ -1,0 +1,326 @@
+"""The openai backend: any OpenAI-compatible HTTP server (vllm serve, llama-server, Ollama, APIs).
+
+Requests with a `prompt` go to `/completions`, requests with `messages` to `/chat/completions`.
+`base_url` may list several endpoints separated by commas; each episode is routed sticky to one
+of them (a stable hash of its `episode_id` tag) so that server-side prefix caches stay warm.
+Concurrency is bounded by one semaphore across all endpoints; connection errors, timeouts, HTTP
+429 and 5xx are retried with exponential backoff, other 4xx fail at once with the server's
+message. Constrained output is sent in the dialect named by `structured`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import time
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from personae.backends._base import (
+    Backend,
+    BackendError,
+    GenerationRequest,
+    GenerationResult,
+    TokenLogprob,
+)
+from personae.backends._embedded import choice_grammar, parse_logprobs
+from personae.errors import UserError
+
+STRUCTURED_DIALECTS = ("vllm", "llamacpp", "openai")
+_WHERE = "backend openai"
+
+
+class _TransientHTTPError(BackendError):
+    """HTTP 429 or 5xx: worth retrying."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _TransientHTTPError | httpx.TransportError)
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        err = resp.json().get("error", resp.text)
+    except (ValueError, AttributeError):
+        return resp.text[:500]
+    if isinstance(err, Mapping):
+        return str(err.get("message", err))
+    return str(err)[:500]
+
+
+def _legacy_logprobs(choice: Mapping[str, Any]) -> tuple[TokenLogprob, ...] | None:
+    """Parse the legacy completions format: `logprobs.tokens/token_logprobs/top_logprobs`."""
+    lp = choice.get("logprobs") or {}
+    tokens = lp.get("tokens")
+    if not tokens:
+        return None
+    values = lp.get("token_logprobs") or [0.0] * len(tokens)
+    tops = lp.get("top_logprobs") or [None] * len(tokens)
+    return tuple(
+        TokenLogprob(
+            token=tok,
+            logprob=float(val if val is not None else 0.0),
+            top={k: float(v) for k, v in (top or {}).items()},
+        )
+        for tok, val, top in zip(tokens, values, tops, strict=False)
+    )
+
+
+class OpenAIBackend(Backend):
+    """Client for one or more OpenAI-compatible endpoints.
+
+    Args:
+        base_url: Endpoint base URL(s) ending in `/v1`, comma-separated for several servers.
+        model: Model name to request; default: the first id listed by `GET {base}/models`.
+        api_key_env: Environment variable holding the API key (sent as a Bearer token if set).
+        max_concurrency: Requests in flight at once, across all endpoints.
+        timeout_s: Per-attempt HTTP timeout.
+        retries: Extra attempts after a connection error, timeout, 429 or 5xx.
+        render: "chat" (instruct models) or "transcript" (base models via completions).
+        structured: Dialect for constrained output: "vllm" (`structured_outputs`), "llamacpp"
+            (`grammar`/`json_schema`) or "openai" (`response_format` JSON schema; choices are
+            wrapped in a `{"choice": ...}` object and unwrapped again).
+        backoff_s: First retry delay; doubles per attempt (capped at 30 s).
+        transport: An httpx transport to use instead of the network (tests).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        max_concurrency: int = 32,
+        timeout_s: float = 120.0,
+        retries: int = 4,
+        render: str = "chat",
+        structured: str = "vllm",
+        backoff_s: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.endpoints = [u.strip().rstrip("/") for u in str(base_url).split(",") if u.strip()]
+        bad = [u for u in self.endpoints if not u.startswith(("http://", "https://"))]
+        if not self.endpoints or bad:
+            raise UserError(
+                f"bad base URL {(bad or [base_url])[0]!r}",
+                where=_WHERE,
+                fix="write e.g. openai:http://127.0.0.1:8000/v1 (several: comma-separated)",
+            )
+        if render not in ("transcript", "chat"):
+            raise UserError(
+                f"unknown render mode {render!r}",
+                where=_WHERE,
+                fix="use render=chat (instruct models) or render=transcript (base models)",
+            )
+        if structured not in STRUCTURED_DIALECTS:
+            raise UserError(
+                f"unknown structured-output dialect {structured!r}",
+                where=_WHERE,
+                fix=f"use structured={' or '.join(STRUCTURED_DIALECTS)}",
+            )
+        self.render_mode = "chat" if render == "chat" else "transcript"
+        self.parallelism = max(1, int(max_concurrency))
+        self.model = model
+        self.backend_id = f"openai:{model}" if model else "openai"
+        self._structured = structured
+        self._api_key_env = api_key_env
+        self._timeout_s = float(timeout_s)
+        self._retries = max(0, int(retries))
+        self._backoff_s = float(backoff_s)
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._sem = asyncio.Semaphore(self.parallelism)
+        self._lock = asyncio.Lock()
+        self._round_robin = itertools.count()
+
+    def endpoint_for(self, tags: Mapping[str, Any]) -> str:
+        """The endpoint serving a request with these tags.
+
+        Requests of one episode (same `episode_id`) always get the same endpoint; requests
+        without an episode id are spread round-robin.
+        """
+        episode = tags.get("episode_id")
+        index = next(self._round_robin) if episode is None else zlib.crc32(str(episode).encode())
+        return self.endpoints[index % len(self.endpoints)]
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._client is not None:
+                return
+            headers = {}
+            key = os.environ.get(self._api_key_env) if self._api_key_env else None
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            limits = httpx.Limits(
+                max_connections=max(100, self.parallelism),
+                max_keepalive_connections=self.parallelism,
+            )
+            client = httpx.AsyncClient(
+                headers=headers,
+                timeout=httpx.Timeout(self._timeout_s),
+                limits=limits,
+                transport=self._transport,
+            )
+            if self.model is None:
+                try:
+                    self.model = await self._discover_model(client)
+                except BaseException:
+                    await client.aclose()
+                    raise
+                self.backend_id = f"openai:{self.model}"
+            self._client = client
+
+    async def _discover_model(self, client: httpx.AsyncClient) -> str:
+        url = f"{self.endpoints[0]}/models"
+        try:
+            resp = await client.get(url)
+            resp.raise_for_status()
+            return str(resp.json()["data"][0]["id"])
+        except (httpx.HTTPError, ValueError, LookupError, TypeError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(
+                f"could not discover the model from GET {url} ({detail})",
+                where=_WHERE,
+                fix="check that the server is running at that URL, or name the model "
+                "explicitly, e.g. openai:http://host:8000/v1?model=NAME",
+            ) from exc
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._client is not None:
+                await self._client.aclose()
+                self._client = None
+
+    def payload(self, request: GenerationRequest) -> dict[str, Any]:
+        """The JSON body sent for `request` (without routing)."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+        }
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.prompt is not None:
+            body["prompt"] = request.prompt
+            if request.logprobs:
+                body["logprobs"] = request.logprobs
+        else:
+            assert request.messages is not None
+            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+            if request.logprobs:
+                body["logprobs"] = True
+                body["top_logprobs"] = request.logprobs
+        body.update(self._structured_fields(request))
+        return body
+
+    def _structured_fields(self, request: GenerationRequest) -> dict[str, Any]:
+        choices, schema = request.choices, request.json_schema
+        if self._structured == "llamacpp":
+            extra: dict[str, Any] = {"cache_prompt": True}
+            if choices:
+                extra["grammar"] = choice_grammar(choices)
+            elif schema is not None:
+                extra["json_schema"] = schema
+            return extra
+        if self._structured == "vllm":
+            if choices:
+                return {"structured_outputs": {"choice": list(choices)}}
+            if schema is not None:
+                return {"structured_outputs": {"json": schema}}
+            return {}
+        if choices:  # openai: no choice constraint; wrap as an enum in a JSON object
+            schema = {
+                "type": "object",
+                "properties": {"choice": {"type": "string", "enum": list(choices)}},
+                "required": ["choice"],
+                "additionalProperties": False,
+            }
+        if schema is None:
+            return {}
+        return {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": schema},
+            }
+        }
+
+    async def _attempt(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        client = self._client
+        if client is None:
+            raise BackendError("openai backend is closed")
+        async with self._sem:
+            resp = await client.post(url, json=body)
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise _TransientHTTPError(f"HTTP {resp.status_code} from {url}: {_error_message(resp)}")
+        if resp.status_code >= 400:
+            raise BackendError(f"HTTP {resp.status_code} from {url}: {_error_message(resp)}")
+        try:
+            out = resp.json()
+        except ValueError as exc:
+            raise BackendError(f"invalid JSON from {url}: {resp.text[:200]!r}") from exc
+        if not isinstance(out, dict) or not out.get("choices"):
+            raise BackendError(f"no choices in the reply from {url}: {str(out)[:300]}")
+        return out
+
+    async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retries + 1),
+            wait=wait_exponential(multiplier=self._backoff_s, max=30.0),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
+        try:
+            out: dict[str, Any] = await retrying(self._attempt, url, body)
+        except httpx.TransportError as exc:
+            raise BackendError(
+                f"{type(exc).__name__} talking to {url} after {self._retries + 1} attempts: {exc}"
+            ) from exc
+        return out
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        if self._client is None:
+            await self.start()
+        base = self.endpoint_for(request.tags)
+        path = "/completions" if request.prompt is not None else "/chat/completions"
+        start = time.perf_counter()
+        out = await self._post(base + path, self.payload(request))
+        latency = time.perf_counter() - start
+        choice = out["choices"][0]
+        text = choice.get("text")
+        if text is None:
+            text = (choice.get("message") or {}).get("content") or ""
+        if request.choices and self._structured == "openai":
+            text = self._unwrap_choice(text)
+        usage = out.get("usage") or {}
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        return GenerationResult(
+            text=text,
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached_tokens=int(cached) if cached is not None else None,
+            latency_s=latency,
+            logprobs=parse_logprobs(choice) or _legacy_logprobs(choice),
+        )
+
+    @staticmethod
+    def _unwrap_choice(text: str) -> str:
+        try:
+            value = json.loads(text)["choice"]
+        except (ValueError, LookupError, TypeError):
+            return text
+        return str(value)
