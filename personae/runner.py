@@ -23,10 +23,16 @@ from personae._version import __version__
 from personae.agents import Agent, Utterance, get_role
 from personae.backends import Backend, create_backend
 from personae.graphs import Episode, build_dyadic_graph
-from personae.scenario import EpisodePlan, Scenario, load_scenario, plan_episodes, resolve_scenario_path
+from personae.scenario import (
+    EpisodePlan,
+    Scenario,
+    load_scenario,
+    plan_episodes,
+    resolve_scenario_path,
+)
 from personae.store import RunLog, TurnLogWriter, open_database
+from personae.store._resume import prepare_rerun
 from personae.store._schema import check_database
-
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class RunResult:
     run_id: str
     db_path: Path
     episodes: int
+    skipped: int
     complete: int
     failed: int
     turns: int
@@ -51,6 +58,8 @@ class RunResult:
     def line(self) -> str:
         """One-line summary."""
         failed = f" ({self.failed} failed)" if self.failed else ""
+        if self.skipped:
+            failed += f", {self.skipped} already complete"
         return (
             f"{self.complete}/{self.episodes} episodes{failed}, {self.turns} turns, "
             f"{self.prompt_tokens + self.completion_tokens} tokens "
@@ -185,7 +194,10 @@ async def _run_episode(
     row: dict[str, Any] = {"episode_id": plan.episode_id, "status": "running", "started_at": _utc()}
     writer.upsert("episodes", row)
     graph = build_dyadic_graph(
-        first, second, max_turns=scenario.graph.max_turns, end_on_farewell=scenario.graph.end_on_farewell
+        first,
+        second,
+        max_turns=scenario.graph.max_turns,
+        end_on_farewell=scenario.graph.end_on_farewell,
     )
     try:
         state = await graph.ainvoke(
@@ -216,7 +228,11 @@ async def arun(
     stop_when: Callable[[Sequence[Utterance]], bool] | None = None,
 ) -> RunResult:
     """Async form of `run`."""
-    spec = scenario if isinstance(scenario, Scenario) else load_scenario(resolve_scenario_path(scenario))
+    spec = (
+        scenario
+        if isinstance(scenario, Scenario)
+        else load_scenario(resolve_scenario_path(scenario))
+    )
     if seed is not None:
         spec = spec.model_copy(update={"seed": seed})
     plans = plan_episodes(spec, limit=episodes)
@@ -228,7 +244,11 @@ async def arun(
     start = time.perf_counter()
     await backends.start()
     try:
-        open_database(db_path, create=True).conn.close()
+        database = open_database(db_path, create=True)
+        done = prepare_rerun(database, [p.episode_id for p in plans])
+        database.conn.close()
+        skipped = len(done)
+        plans = [p for p in plans if p.episode_id not in done]
         width = concurrency or min(b.parallelism for b in backends.by_spec.values())
         async with TurnLogWriter(db_path) as writer:
             writer.insert(
@@ -246,7 +266,7 @@ async def arun(
                 },
             )
             for plan in plans:
-                writer.insert(
+                writer.upsert(
                     "episodes",
                     {
                         "episode_id": plan.episode_id,
@@ -259,6 +279,11 @@ async def arun(
                         ),
                         "seed": spec.seed,
                         "status": "pending",
+                        "end_reason": None,
+                        "error": None,
+                        "n_turns": None,
+                        "started_at": None,
+                        "finished_at": None,
                     },
                 )
             gate = asyncio.Semaphore(max(1, width))
@@ -299,6 +324,7 @@ async def arun(
         run_id=run_id,
         db_path=db_path,
         episodes=len(plans),
+        skipped=skipped,
         complete=sum(results),
         failed=len(results) - sum(results),
         turns=int(totals["turns"]),

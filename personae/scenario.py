@@ -95,7 +95,9 @@ def _suggest(key: str, model: type[BaseModel] | None) -> str:
     if model is None:
         return "remove it"
     close = difflib.get_close_matches(key, list(model.model_fields), n=1)
-    return f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(model.model_fields)}"
+    return (
+        f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(model.model_fields)}"
+    )
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -143,7 +145,9 @@ def _read_yaml(path: Path, what: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"malformed YAML: {problem}", where=where, fix="fix the YAML syntax") from None
+        raise UserError(
+            f"malformed YAML: {problem}", where=where, fix="fix the YAML syntax"
+        ) from None
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -265,7 +269,9 @@ def plan_episodes(scenario: Scenario, *, limit: int | None = None) -> list[Episo
                 where = f"{scenario.base_dir}: agents.{agent}.persona"
                 key = repr((agent, refs[agent], sorted(overrides[agent].items())))
                 if key not in cache:
-                    cache[key] = _load_persona(scenario, agent, refs[agent], overrides[agent], where)
+                    cache[key] = _load_persona(
+                        scenario, agent, refs[agent], overrides[agent], where
+                    )
                 personas[agent] = cache[key]
             condition = {
                 agent: {"persona": getattr(p, "id", None), **overrides[agent]}

@@ -33,6 +33,8 @@ class Sampling(BaseModel):
 
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     max_tokens: int = Field(120, ge=1, le=8192)
 
 
@@ -120,13 +122,15 @@ class Agent:
         common: dict[str, Any] = {
             "temperature": self.sampling.temperature,
             "top_p": self.sampling.top_p,
+            "presence_penalty": self.sampling.presence_penalty,
+            "frequency_penalty": self.sampling.frequency_penalty,
             "max_tokens": self.sampling.max_tokens,
             "seed": seed,
             "tags": {**tags, "agent": self.name, "role": self.role},
         }
         if self.render_mode == "chat":
             return GenerationRequest(messages=self.render_messages(history), **common)
-        stops = tuple(dict.fromkeys(f"\n{label}:" for label in labels)) + ("\n\n",)
+        stops = (*dict.fromkeys(f"\n{label}:" for label in labels), "\n\n")
         return GenerationRequest(prompt=self.render_transcript(history), stop=stops, **common)
 
     def render_transcript(self, history: Sequence[Utterance]) -> str:
@@ -145,8 +149,7 @@ class Agent:
         if history and history[0].agent == self.name:
             messages.append(Message("user", "(The conversation begins.)"))
         for u in history:
-            role = "assistant" if u.agent == self.name else "user"
-            messages.append(Message(role, u.text))
+            messages.append(Message("assistant" if u.agent == self.name else "user", u.text))
         if len(messages) == 1:
             messages.append(Message("user", "(The conversation begins. Please start.)"))
         return tuple(messages)
@@ -155,7 +158,8 @@ class Agent:
     def clean(self, raw: str, *, truncated: bool = False) -> str:
         """Visible text from a raw completion: cut at any speaker tag, fold whitespace, keep
         at most `max_sentences()` sentences and drop a dangling half-sentence when the output
-        was cut by the token limit. May return "" (the graph then retries)."""
+        was cut by the token limit. Returns "" (the graph then retries) for empty output and
+        for output copied from the agent's own private header."""
         text = raw
         tag = _SPEAKER_TAG.search(text)
         if tag and tag.start() > 0:
@@ -165,6 +169,8 @@ class Agent:
             nxt = _SPEAKER_TAG.search(text)
             text = text[: nxt.start()] if nxt else text
         text = _SPACES.sub(" ", text).strip().strip('"').strip()
+        if len(text) > 20 and text in _SPACES.sub(" ", self.system_prompt()):
+            return ""  # the model parroted its private instructions: treat as no output
         sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
         if truncated and len(sentences) > 1 and not re.search(r"[.!?…][\"')\]]*$", text):
             sentences = sentences[:-1]

@@ -5,6 +5,7 @@ Use `create_backend("embedded")` (llama.cpp in-process, the default), `"openai:U
 backend to AutoGen with `BackendChatClient`.
 """
 
+from personae.backends._autogen import AutoGenBackend, BackendChatClient
 from personae.backends._base import (
     Backend,
     BackendError,
@@ -14,7 +15,6 @@ from personae.backends._base import (
     RenderMode,
     TokenLogprob,
 )
-from personae.backends._autogen import AutoGenBackend, BackendChatClient
 from personae.backends._embedded import EmbeddedBackend
 from personae.backends._registry import backend_kinds, create_backend, parse_spec, register_backend
 from personae.backends._scripted import ScriptedBackend

@@ -47,6 +47,8 @@ class GenerationRequest:
     messages: tuple[Message, ...] | None = None
     temperature: float = 0.8
     top_p: float = 0.95
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     max_tokens: int = 128
     stop: tuple[str, ...] = ()
     seed: int | None = None
@@ -64,6 +66,8 @@ class GenerationRequest:
         return {
             "temperature": self.temperature,
             "top_p": self.top_p,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
             "max_tokens": self.max_tokens,
             "stop": list(self.stop),
             "choices": list(self.choices) if self.choices else None,

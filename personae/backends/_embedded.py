@@ -146,6 +146,8 @@ class EmbeddedBackend(Backend):
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
+            "presence_penalty": request.presence_penalty,
+            "frequency_penalty": request.frequency_penalty,
             "cache_prompt": True,
         }
         if request.stop:

@@ -209,6 +209,8 @@ class OpenAIBackend(Backend):
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
+            "presence_penalty": request.presence_penalty,
+            "frequency_penalty": request.frequency_penalty,
         }
         if request.stop:
             body["stop"] = list(request.stop)

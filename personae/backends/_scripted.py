@@ -69,7 +69,7 @@ class ScriptedBackend(Backend):
         if callable(replies):
             return replies(request)
         if isinstance(replies, Mapping):
-            agent, role = request.tags.get("agent"), request.tags.get("role")
+            agent, role = str(request.tags.get("agent")), str(request.tags.get("role"))
             key = agent if agent in replies else role
             if key not in replies:
                 return _default_reply(request)

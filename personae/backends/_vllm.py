@@ -192,6 +192,8 @@ class VLLMBackend(Backend):
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
+            "presence_penalty": request.presence_penalty,
+            "frequency_penalty": request.frequency_penalty,
             "stop": list(request.stop) or None,
             "seed": request.seed,
             "logprobs": request.logprobs or None,

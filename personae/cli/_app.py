@@ -30,12 +30,18 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 @app.command()
 def run(
-    scenario: Annotated[str, typer.Argument(help="Scenario YAML file, or a shipped scenario name.")],
-    episodes: Annotated[int | None, typer.Option(min=1, help="Run only the first N episodes.")] = None,
+    scenario: Annotated[
+        str, typer.Argument(help="Scenario YAML file, or a shipped scenario name.")
+    ],
+    episodes: Annotated[
+        int | None, typer.Option(min=1, help="Run only the first N episodes.")
+    ] = None,
     backend: Annotated[
         str | None, typer.Option(help="Backend spec for every agent, e.g. embedded, scripted.")
     ] = None,
-    db: Annotated[Path | None, typer.Option(help="Run database (default logs/<scenario>-<time>.db).")] = None,
+    db: Annotated[
+        Path | None, typer.Option(help="Run database (default logs/<scenario>-<time>.db).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Run seed (default: the scenario's).")] = None,
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Episodes in flight (default: the backend's).")

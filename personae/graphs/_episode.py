@@ -28,7 +28,10 @@ StopPredicate = Callable[[Sequence[Utterance]], bool]
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        + f".{int(time.time() * 1000) % 1000:03d}Z"
+    )
 
 
 @dataclass
@@ -61,7 +64,9 @@ class Episode:
     def labels(self) -> list[str]:
         return [a.label for a in self.agents.values()]
 
-    async def _generate(self, backend: Backend, request: GenerationRequest) -> tuple[GenerationResult, int]:
+    async def _generate(
+        self, backend: Backend, request: GenerationRequest
+    ) -> tuple[GenerationResult, int]:
         attempts = 0
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self.retries),

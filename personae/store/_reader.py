@@ -57,18 +57,14 @@ class RunLog:
     def episodes(self, run_id: str | None = None) -> list[dict[str, Any]]:
         """Episodes (of one run, or all), in run order."""
         if run_id:
-            return self._rows(
-                "SELECT * FROM episodes WHERE run_id = ? ORDER BY idx", run_id
-            )
+            return self._rows("SELECT * FROM episodes WHERE run_id = ? ORDER BY idx", run_id)
         return self._rows(
             "SELECT e.* FROM episodes e JOIN runs r USING (run_id) ORDER BY r.created_at, e.idx"
         )
 
     def resolve_episode(self, episode: str) -> str:
         """Full episode id for an id, a unique prefix, or a 0-based index into `episodes()`."""
-        rows = self._rows(
-            "SELECT episode_id FROM episodes WHERE episode_id LIKE ? || '%'", episode
-        )
+        rows = self._rows("SELECT episode_id FROM episodes WHERE episode_id LIKE ? || '%'", episode)
         if len(rows) == 1:
             return str(rows[0]["episode_id"])
         if not rows and episode.isdigit():
@@ -102,17 +98,13 @@ class RunLog:
                 hidden=json.loads(r["hidden_json"] or "{}"),
                 call_id=r["call_id"],
             )
-            for r in self._rows(
-                "SELECT * FROM turns WHERE episode_id = ? ORDER BY idx", full
-            )
+            for r in self._rows("SELECT * FROM turns WHERE episode_id = ? ORDER BY idx", full)
         ]
 
     def calls(self, episode_id: str) -> list[dict[str, Any]]:
         """The episode's model calls in order."""
         full = self.resolve_episode(episode_id)
-        return self._rows(
-            "SELECT * FROM llm_calls WHERE episode_id = ? ORDER BY turn_idx", full
-        )
+        return self._rows("SELECT * FROM llm_calls WHERE episode_id = ? ORDER BY turn_idx", full)
 
     def summary(self, run_id: str | None = None) -> dict[str, Any]:
         """Counts and token totals (of one run, or all)."""

@@ -136,5 +136,9 @@ def _execute(conn: sqlite3.Connection, op: _Op) -> None:
     if op.kind == "upsert":
         pk = _PK[op.table]
         updates = ", ".join(f"[{c}]=excluded.[{c}]" for c in cols if c != pk)
-        sql += f" ON CONFLICT([{pk}]) DO UPDATE SET {updates}" if updates else " ON CONFLICT DO NOTHING"
+        sql += (
+            f" ON CONFLICT([{pk}]) DO UPDATE SET {updates}"
+            if updates
+            else " ON CONFLICT DO NOTHING"
+        )
     conn.execute(sql, [op.row[c] for c in cols])

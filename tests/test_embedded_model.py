@@ -1,0 +1,108 @@
+"""The real embedded model (llama.cpp + packaged Gemma 3 270M): two short episodes end to end,
+and the engine features the contract promises (stop strings, choices, logprobs, prefix cache)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+import personae
+from personae.backends import EmbeddedBackend, GenerationRequest
+from personae.errors import UserError
+
+pytestmark = pytest.mark.model
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+@pytest.fixture(scope="module")
+def two_episode_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, personae.RunResult]:
+    folder = tmp_path_factory.mktemp("embedded")
+    spec = yaml.safe_load((SCENARIOS / "counseling_cbt.yaml").read_text())
+    spec["graph"]["max_turns"] = 4
+    for agent in spec["agents"].values():
+        agent["persona"] = str(SCENARIOS / agent["persona"])
+        agent["sampling"]["max_tokens"] = 40
+    spec["grid"] = {"client.style": ["plain", "upset"]}
+    scenario = folder / "short.yaml"
+    scenario.write_text(yaml.safe_dump(spec))
+    db = folder / "run.db"
+    result = personae.run(scenario, db=db, backend="embedded?n_parallel=2&ctx_per_slot=2048")
+    return db, result
+
+
+def test_two_real_episodes_are_logged_turn_by_turn(
+    two_episode_run: tuple[Path, personae.RunResult],
+) -> None:
+    db, result = two_episode_run
+    assert (result.episodes, result.complete, result.failed) == (2, 2, 0)
+    conn = sqlite3.connect(db)
+    episodes = conn.execute("SELECT episode_id, status, n_turns FROM episodes").fetchall()
+    assert len(episodes) == 2
+    for episode_id, status, n_turns in episodes:
+        assert status == "complete"
+        turns = conn.execute(
+            "SELECT idx, agent, text FROM turns WHERE episode_id = ? ORDER BY idx", (episode_id,)
+        ).fetchall()
+        assert [t[0] for t in turns] == list(range(n_turns))
+        assert [t[1] for t in turns] == ["counselor", "client"] * (n_turns // 2) + (
+            ["counselor"] if n_turns % 2 else []
+        )
+        assert all(t[2].strip() for t in turns)
+    calls = conn.execute(
+        "SELECT backend, prompt, output, completion_tokens, prompt_tokens, cached_tokens, seed "
+        "FROM llm_calls"
+    ).fetchall()
+    assert calls, "model calls are logged"
+    assert {c[0] for c in calls} == {"embedded:gemma-3-270m-q4_k_m"}
+    assert all(c[1] and c[3] > 0 and c[4] > 0 and c[6] is not None for c in calls)
+    # prompts are prefix-stable, so later turns reuse the engine's prompt cache
+    assert max(c[5] or 0 for c in calls) > 0
+
+
+def test_show_prints_the_real_transcript_back(
+    two_episode_run: tuple[Path, personae.RunResult],
+) -> None:
+    from typer.testing import CliRunner
+
+    from personae.cli import app
+
+    db, _ = two_episode_run
+    with personae.RunLog(db) as log:
+        episode = log.episodes()[0]["episode_id"]
+        first_reply = log.turns(episode)[1].text
+    out = CliRunner().invoke(app, ["show", str(db), episode])
+    assert out.exit_code == 0
+    assert first_reply[:40] in " ".join(out.stdout.split())
+
+
+async def test_engine_honours_stop_choices_and_logprobs() -> None:
+    async with EmbeddedBackend(n_parallel=2, ctx_per_slot=1024) as engine:
+        stopped = await engine.generate(
+            GenerationRequest(
+                prompt="Counselor: How are you?\nClient: Fine.\nCounselor: Why?\nClient:",
+                stop=("\nCounselor:",),
+                max_tokens=48,
+                seed=1,
+            )
+        )
+        assert "\nCounselor:" not in stopped.text
+        choice = await engine.generate(
+            GenerationRequest(
+                prompt="Q: Is water wet? Answer yes or no.\nA:",
+                choices=(" yes", " no"),
+                max_tokens=4,
+                logprobs=3,
+                temperature=0.0,
+            )
+        )
+        assert choice.text in (" yes", " no")
+        assert choice.logprobs and choice.logprobs[0].top
+
+
+def test_missing_gguf_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="GGUF model file not found"):
+        EmbeddedBackend(tmp_path / "missing.gguf")
