@@ -12,13 +12,15 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import BaseModel
 
+from personae._progress import RunProgress
 from personae._version import __version__
 from personae.agents import Agent, Utterance, get_role
 from personae.backends import Backend, create_backend
@@ -103,64 +105,33 @@ class _Backends:
         return ",".join(b.backend_id for b in self.by_spec.values())
 
 
-def _agents(scenario: Scenario, plan: EpisodePlan, backends: _Backends) -> dict[str, Agent]:
+def build_agents(
+    scenario: Scenario, personas: Mapping[str, BaseModel], backends: Mapping[str, Backend]
+) -> dict[str, Agent]:
+    """The episode's agents, in scenario order, rendering for their backend's mode."""
     agents: dict[str, Agent] = {}
     for name, spec in scenario.agents.items():
-        role_cls = get_role(spec.role)
-        agents[name] = role_cls(
+        agents[name] = get_role(spec.role)(
             name,
-            plan.personas[name],
+            personas[name],
             sampling=spec.sampling,
-            render_mode=scenario.render or backends.for_agent[name].render_mode,
+            render_mode=scenario.render or backends[name].render_mode,
             label=spec.label,
         )
     return agents
 
 
-class _Progress:
-    """Rich progress bar with episodes done/failed, turns/s and generated tok/s."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.turns = 0
-        self.tokens = 0
-        self.failed = 0
-        self.start = time.perf_counter()
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} episodes"),
-            TextColumn("{task.fields[failed]}"),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            disable=not enabled,
-            transient=False,
-        )
-        self._task = self._bar.add_task("running", total=total, failed="", rate="")
-
-    def __enter__(self) -> _Progress:
-        self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._bar.__exit__(*exc)
-
-    def _refresh(self, advance: int = 0) -> None:
-        dt = max(time.perf_counter() - self.start, 1e-9)
-        self._bar.update(
-            self._task,
-            advance=advance,
-            failed=f"[red]{self.failed} failed" if self.failed else "",
-            rate=f"{self.turns / dt:.1f} turns/s {self.tokens / dt:.0f} tok/s",
-        )
-
-    def turn(self, tokens_delta: int) -> None:
-        self.turns += 1
-        self.tokens += tokens_delta
-        self._refresh()
-
-    def episode_done(self, failed: bool) -> None:
-        self.failed += failed
-        self._refresh(advance=1)
+def build_graph(scenario: Scenario) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The compiled LangGraph graph that runs one episode of `scenario`."""
+    names = list(scenario.agents)
+    first = scenario.graph.opener or names[0]
+    second = next(n for n in names if n != first)
+    return build_dyadic_graph(
+        first,
+        second,
+        max_turns=scenario.graph.max_turns,
+        end_on_farewell=scenario.graph.end_on_farewell,
+    )
 
 
 async def _run_episode(
@@ -169,13 +140,10 @@ async def _run_episode(
     seed: int,
     backends: _Backends,
     writer: TurnLogWriter,
-    progress: _Progress,
+    progress: RunProgress,
     stop_when: Callable[[Sequence[Utterance]], bool] | None,
 ) -> bool:
-    agents = _agents(scenario, plan, backends)
-    names = list(agents)
-    first = scenario.graph.opener or names[0]
-    second = names[1] if first == names[0] else names[0]
+    agents = build_agents(scenario, plan.personas, backends.for_agent)
     last_tokens = [0]
 
     def on_turn(tokens: int) -> None:
@@ -193,12 +161,7 @@ async def _run_episode(
     )
     row: dict[str, Any] = {"episode_id": plan.episode_id, "status": "running", "started_at": _utc()}
     writer.upsert("episodes", row)
-    graph = build_dyadic_graph(
-        first,
-        second,
-        max_turns=scenario.graph.max_turns,
-        end_on_farewell=scenario.graph.end_on_farewell,
-    )
+    graph = build_graph(scenario)
     try:
         state = await graph.ainvoke(
             {"turn": 0, "end_reason": None},
@@ -287,7 +250,7 @@ async def arun(
                     },
                 )
             gate = asyncio.Semaphore(max(1, width))
-            with _Progress(len(plans), progress) as bar:
+            with RunProgress(len(plans), progress) as bar:
 
                 async def one(plan: EpisodePlan) -> bool:
                     async with gate:
@@ -354,4 +317,4 @@ def run(scenario: str | Path | Scenario, **options: Any) -> RunResult:
     return asyncio.run(arun(scenario, **options))
 
 
-__all__ = ["RunResult", "arun", "default_db_path", "run"]
+__all__ = ["RunResult", "arun", "build_agents", "build_graph", "default_db_path", "run"]

@@ -86,25 +86,28 @@ def _episode_table(log: object) -> None:
     from personae.store import RunLog
 
     assert isinstance(log, RunLog)
-    table = Table(title=str(log.path), title_justify="left")
+    episodes = log.episodes()
+    names = sorted({e["scenario"] for e in episodes})
+    table = Table(title=f"{log.path}  ({', '.join(names)})", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("episode", no_wrap=True)
-    for col in ("scenario", "condition", "status", "end", "turns"):
+    for col in ("condition", "status", "end", "turns"):
         table.add_column(col, overflow="fold")
-    for i, e in enumerate(log.episodes()):
+    for i, e in enumerate(episodes):
         cond = json.loads(e["condition_json"] or "{}")
-        parts = [
-            f"{agent}={'/'.join(str(v) for v in fields.values() if v is not None)}"
-            for agent, fields in cond.items()
+        values = [
+            str(v)
+            for fields in cond.values()
             if isinstance(fields, dict)
+            for v in fields.values()
+            if v is not None
         ]
         status = e["status"]
         colour = {"complete": "green", "failed": "red"}.get(status, "yellow")
         table.add_row(
             str(i),
             e["episode_id"],
-            e["scenario"],
-            " ".join(parts),
+            " · ".join(values),
             f"[{colour}]{status}[/]",
             e["end_reason"] or "",
             str(e["n_turns"] if e["n_turns"] is not None else ""),

@@ -29,7 +29,9 @@ def build_dyadic_graph(
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """Compile the graph for agents `first` (opens) and `second`.
 
-    Run it with `graph.ainvoke({"turn": 0, "end_reason": None}, context=episode)`.
+    Run it with `graph.ainvoke({"turn": 0, "end_reason": None}, context=episode)`. Starting at
+    turn K > 0 (a fork, with `episode.history` holding the first K lines) hands the first line
+    to `first` when K is even and to `second` when K is odd.
     """
     other = {first: second, second: first}
 
@@ -61,5 +63,7 @@ def build_dyadic_graph(
     for name in (first, second):
         builder.add_node(name, speaker_node(name))
         builder.add_conditional_edges(name, route(name), [other[name], END])
-    builder.add_edge(START, first)
+    builder.add_conditional_edges(
+        START, lambda state: first if state["turn"] % 2 == 0 else second, [first, second]
+    )
     return builder.compile(name="dyadic")
