@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from personae._progress import RunProgress
 from personae._version import __version__
 from personae.agents import Agent, Utterance, get_role
 from personae.backends import Backend, create_backend
+from personae.errors import UserError
 from personae.graphs import Episode, build_dyadic_graph
 from personae.scenario import (
     EpisodePlan,
@@ -33,6 +35,7 @@ from personae.scenario import (
     resolve_scenario_path,
 )
 from personae.store import RunLog, TurnLogWriter, open_database
+from personae.store._cache import CACHE_FILE, ResponseCache
 from personae.store._resume import prepare_rerun
 from personae.store._schema import check_database
 
@@ -50,7 +53,14 @@ class RunResult:
     turns: int
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int
+    cache_hits: int
     elapsed_s: float
+
+    @property
+    def cached_share(self) -> float:
+        """Fraction of prompt tokens the engine served from its prefix cache."""
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -65,8 +75,9 @@ class RunResult:
         return (
             f"{self.complete}/{self.episodes} episodes{failed}, {self.turns} turns, "
             f"{self.prompt_tokens + self.completion_tokens} tokens "
-            f"({self.completion_tokens} generated), {self.tokens_per_s:.1f} tok/s, "
-            f"{self.elapsed_s:.1f} s"
+            f"({self.completion_tokens} generated, {self.cached_share:.0%} of prompt tokens "
+            f"cached), {self.tokens_per_s:.1f} tok/s, {self.elapsed_s:.1f} s"
+            + (f", {self.cache_hits} cached replies" if self.cache_hits else "")
         )
 
 
@@ -82,13 +93,13 @@ def default_db_path(scenario: Scenario) -> Path:
 class _Backends:
     """One backend instance per distinct spec, shared by every agent that names it."""
 
-    def __init__(self, scenario: Scenario, override: str | None) -> None:
+    def __init__(self, scenario: Scenario) -> None:
         self.by_spec: dict[str, Backend] = {}
         self.for_agent: dict[str, Backend] = {}
         for name, agent in scenario.agents.items():
-            spec = override or agent.backend or scenario.backend
+            spec = agent.backend or scenario.backend
             if spec not in self.by_spec:
-                options = scenario.backend_options if not agent.backend or override else {}
+                options = {} if agent.backend else scenario.backend_options
                 self.by_spec[spec] = create_backend(spec, options)
             self.for_agent[name] = self.by_spec[spec]
 
@@ -136,14 +147,14 @@ def build_graph(scenario: Scenario) -> CompiledStateGraph[Any, Any, Any, Any]:
 
 async def _run_episode(
     scenario: Scenario,
+    graph: CompiledStateGraph[Any, Any, Any, Any],
     plan: EpisodePlan,
-    seed: int,
     backends: _Backends,
     writer: TurnLogWriter,
     progress: RunProgress,
     stop_when: Callable[[Sequence[Utterance]], bool] | None,
+    cache: ResponseCache | None,
 ) -> bool:
-    agents = build_agents(scenario, plan.personas, backends.for_agent)
     last_tokens = [0]
 
     def on_turn(tokens: int) -> None:
@@ -152,16 +163,16 @@ async def _run_episode(
 
     episode = Episode(
         episode_id=plan.episode_id,
-        agents=agents,
+        agents=build_agents(scenario, plan.personas, backends.for_agent),
         backends=backends.for_agent,
         writer=writer,
-        run_seed=seed,
+        run_seed=scenario.seed,
         stop_when=stop_when,
         on_turn=on_turn,
+        cache=cache,
     )
     row: dict[str, Any] = {"episode_id": plan.episode_id, "status": "running", "started_at": _utc()}
     writer.upsert("episodes", row)
-    graph = build_graph(scenario)
     try:
         state = await graph.ainvoke(
             {"turn": 0, "end_reason": None},
@@ -179,8 +190,49 @@ async def _run_episode(
     return not failed
 
 
+def _effective_scenario(
+    scenario: str | Path | Scenario | None,
+    resume: str | Path | None,
+    episodes: int | None,
+    backend: str | None,
+    seed: int | None,
+) -> Scenario:
+    """The scenario with CLI overrides folded in, so the stored spec reproduces the run."""
+    if resume is not None:
+        spec = last_run_scenario(Path(resume))
+    elif scenario is None:
+        raise UserError("no scenario given", fix="pass a scenario file or --resume DB")
+    elif isinstance(scenario, Scenario):
+        spec = scenario
+    else:
+        spec = load_scenario(resolve_scenario_path(scenario))
+    update: dict[str, Any] = {}
+    if seed is not None:
+        update["seed"] = seed
+    if episodes is not None:
+        update["episodes"] = episodes
+    if backend is not None:
+        update["backend"] = backend
+        update["backend_options"] = {}
+        update["agents"] = {
+            n: a.model_copy(update={"backend": None}) for n, a in spec.agents.items()
+        }
+    return spec.model_copy(update=update) if update else spec
+
+
+def last_run_scenario(db: Path) -> Scenario:
+    """The scenario of the newest run in `db`, for `--resume`."""
+    with RunLog(db) as log:
+        runs = log.runs()
+    if not runs:
+        raise UserError("the database holds no run to resume", where=str(db))
+    spec = Scenario.model_validate_json(runs[-1]["spec_json"])
+    spec.base_dir = Path(runs[-1]["scenario_path"])
+    return spec
+
+
 async def arun(
-    scenario: str | Path | Scenario,
+    scenario: str | Path | Scenario | None = None,
     *,
     episodes: int | None = None,
     backend: str | None = None,
@@ -189,20 +241,17 @@ async def arun(
     concurrency: int | None = None,
     progress: bool = False,
     stop_when: Callable[[Sequence[Utterance]], bool] | None = None,
+    cache: bool | str | Path = False,
+    resume: str | Path | None = None,
 ) -> RunResult:
     """Async form of `run`."""
-    spec = (
-        scenario
-        if isinstance(scenario, Scenario)
-        else load_scenario(resolve_scenario_path(scenario))
-    )
-    if seed is not None:
-        spec = spec.model_copy(update={"seed": seed})
-    plans = plan_episodes(spec, limit=episodes)
-    db_path = Path(db) if db else default_db_path(spec)
+    spec = _effective_scenario(scenario, resume, episodes, backend, seed)
+    plans = plan_episodes(spec)
+    db_path = Path(resume or db or default_db_path(spec))
     if db_path.exists() and db_path.stat().st_size > 0:
         check_database(db_path)
-    backends = _Backends(spec, backend)
+    backends = _Backends(spec)
+    graph = build_graph(spec)
     run_id = uuid.uuid4().hex[:12]
     start = time.perf_counter()
     await backends.start()
@@ -210,73 +259,42 @@ async def arun(
         database = open_database(db_path, create=True)
         done = prepare_rerun(database, [p.episode_id for p in plans])
         database.conn.close()
-        skipped = len(done)
-        plans = [p for p in plans if p.episode_id not in done]
+        todo = [p for p in plans if p.episode_id not in done]
         width = concurrency or min(b.parallelism for b in backends.by_spec.values())
-        async with TurnLogWriter(db_path) as writer:
-            writer.insert(
-                "runs",
-                {
-                    "run_id": run_id,
-                    "scenario": spec.name,
-                    "scenario_path": str(spec.base_dir),
-                    "spec_json": spec.model_dump_json(),
-                    "backend": backends.spec,
-                    "seed": spec.seed,
-                    "status": "running",
-                    "created_at": _utc(),
-                    "personae_version": __version__,
-                },
-            )
-            for plan in plans:
-                writer.upsert(
-                    "episodes",
-                    {
-                        "episode_id": plan.episode_id,
-                        "run_id": run_id,
-                        "idx": plan.index,
-                        "scenario": spec.name,
-                        "condition_json": json.dumps({**plan.condition, "repeat": plan.repeat}),
-                        "personas_json": json.dumps(
-                            {n: p.model_dump(mode="json") for n, p in plan.personas.items()}
-                        ),
-                        "seed": spec.seed,
-                        "status": "pending",
-                        "end_reason": None,
-                        "error": None,
-                        "n_turns": None,
-                        "started_at": None,
-                        "finished_at": None,
-                    },
-                )
+        async with TurnLogWriter(db_path) as writer, AsyncExitStack() as stack:
+            _log_run_start(writer, run_id, spec, backends, todo)
+            responses = None
+            if cache:
+                cache_path = db_path.parent / CACHE_FILE if cache is True else Path(cache)
+                open_database(cache_path, create=True).conn.close()
+                cache_writer = await stack.enter_async_context(TurnLogWriter(cache_path))
+                responses = ResponseCache(cache_path, cache_writer)
             gate = asyncio.Semaphore(max(1, width))
-            with RunProgress(len(plans), progress) as bar:
+            with RunProgress(len(todo), progress) as bar:
 
                 async def one(plan: EpisodePlan) -> bool:
                     async with gate:
                         return await _run_episode(
-                            spec, plan, spec.seed, backends, writer, bar, stop_when
+                            spec, graph, plan, backends, writer, bar, stop_when, responses
                         )
 
                 status = "interrupted"
                 try:
-                    results = await asyncio.gather(*(one(p) for p in plans))
+                    results = await asyncio.gather(*(one(p) for p in todo))
                     status = "complete"
                 finally:
                     elapsed = time.perf_counter() - start
-                    summary = {
-                        "episodes": len(plans),
-                        "turns": bar.turns,
-                        "generated_tokens": bar.tokens,
-                        "elapsed_s": round(elapsed, 3),
-                    }
+                    if responses is not None:
+                        responses.close()
                     writer.upsert(
                         "runs",
                         {
                             "run_id": run_id,
                             "status": status,
                             "finished_at": _utc(),
-                            "summary_json": json.dumps(summary),
+                            "summary_json": json.dumps(
+                                {"turns": bar.turns, "elapsed_s": round(elapsed, 3)}
+                            ),
                         },
                     )
     finally:
@@ -286,18 +304,64 @@ async def arun(
     return RunResult(
         run_id=run_id,
         db_path=db_path,
-        episodes=len(plans),
-        skipped=skipped,
+        episodes=len(todo),
+        skipped=len(done),
         complete=sum(results),
         failed=len(results) - sum(results),
         turns=int(totals["turns"]),
         prompt_tokens=int(totals["prompt_tokens"]),
         completion_tokens=int(totals["completion_tokens"]),
+        cached_tokens=int(totals["cached_tokens"]),
+        cache_hits=int(totals["cache_hits"] or 0),
         elapsed_s=elapsed,
     )
 
 
-def run(scenario: str | Path | Scenario, **options: Any) -> RunResult:
+def _log_run_start(
+    writer: TurnLogWriter,
+    run_id: str,
+    spec: Scenario,
+    backends: _Backends,
+    todo: Sequence[EpisodePlan],
+) -> None:
+    writer.insert(
+        "runs",
+        {
+            "run_id": run_id,
+            "scenario": spec.name,
+            "scenario_path": str(spec.base_dir),
+            "spec_json": spec.model_dump_json(),
+            "backend": backends.spec,
+            "seed": spec.seed,
+            "status": "running",
+            "created_at": _utc(),
+            "personae_version": __version__,
+        },
+    )
+    for plan in todo:
+        writer.upsert(
+            "episodes",
+            {
+                "episode_id": plan.episode_id,
+                "run_id": run_id,
+                "idx": plan.index,
+                "scenario": spec.name,
+                "condition_json": json.dumps({**plan.condition, "repeat": plan.repeat}),
+                "personas_json": json.dumps(
+                    {n: p.model_dump(mode="json") for n, p in plan.personas.items()}
+                ),
+                "seed": spec.seed,
+                "status": "pending",
+                "end_reason": None,
+                "error": None,
+                "n_turns": None,
+                "started_at": None,
+                "finished_at": None,
+            },
+        )
+
+
+def run(scenario: str | Path | Scenario | None = None, **options: Any) -> RunResult:
     """Run a scenario and log every turn to SQLite.
 
     Args:
@@ -305,7 +369,11 @@ def run(scenario: str | Path | Scenario, **options: Any) -> RunResult:
         **options: `episodes` (cap), `backend` (spec overriding every agent's), `db` (path;
             default `logs/<scenario>-<time>.db`), `seed`, `concurrency` (episodes in flight;
             default: the backend's parallelism), `progress` (show a progress bar), `stop_when`
-            (predicate on the history that ends an episode).
+            (predicate on the history that ends an episode), `cache` (True or a path: reuse
+            identical requests from a response-cache database, by default
+            `response_cache.db` next to the run database), `resume` (a database: rerun its
+            newest run's scenario into it; `scenario` may then be None). Rerunning into a
+            database skips complete episodes and restarts unfinished ones from turn 0.
 
     Returns:
         A `RunResult` with counts, tokens and the database path.

@@ -70,6 +70,8 @@ class Scenario(_Spec):
 
     #: Folder that relative persona paths are resolved against (not part of the file).
     base_dir: Path = Field(default=Path("."), exclude=True)
+    #: The scenario file, for error messages (not part of the file).
+    source: str = Field(default="scenario", exclude=True)
 
     @field_validator("graph", mode="before")
     @classmethod
@@ -118,7 +120,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 def validation_error(exc: ValidationError, source: str, root: type[BaseModel]) -> UserError:
     """The first pydantic error as a one-line `UserError` with key path and suggestion."""
-    err = exc.errors()[0]
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     path = ".".join(str(p) for p in loc) or "(top level)"
     more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
@@ -163,6 +166,7 @@ def load_scenario(path: str | Path) -> Scenario:
     except ValidationError as exc:
         raise validation_error(exc, str(path), Scenario) from None
     scenario.base_dir = path.resolve().parent
+    scenario.source = str(path)
     for name, agent in scenario.agents.items():
         get_role(agent.role, where=f"{path}: agents.{name}.role")
     if scenario.graph.opener and scenario.graph.opener not in scenario.agents:
@@ -210,6 +214,9 @@ def _load_persona(
     try:
         return role_cls.persona_model.model_validate(data)
     except ValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0]) if exc.errors()[0]["loc"] else ""
+        if field in overrides:  # the bad value came from the grid: point there
+            source = f"{scenario.source}: grid.{agent}.{field}"
         raise validation_error(exc, source, role_cls.persona_model) from None
 
 
@@ -217,7 +224,7 @@ def _grid_axes(scenario: Scenario) -> list[tuple[str, str, list[Any]]]:
     axes = []
     for key, values in scenario.grid.items():
         agent, _, field = key.partition(".")
-        where = f"{scenario.base_dir}: grid.{key}"
+        where = f"{scenario.source}: grid.{key}"
         if agent not in scenario.agents or not field:
             raise UserError(
                 f"grid key {key!r} must be AGENT.persona or AGENT.FIELD",
@@ -266,7 +273,7 @@ def plan_episodes(scenario: Scenario, *, limit: int | None = None) -> list[Episo
                     overrides[agent][field] = value
             personas: dict[str, BaseModel] = {}
             for agent in scenario.agents:
-                where = f"{scenario.base_dir}: agents.{agent}.persona"
+                where = f"{scenario.source}: agents.{agent}.persona"
                 key = repr((agent, refs[agent], sorted(overrides[agent].items())))
                 if key not in cache:
                     cache[key] = _load_persona(

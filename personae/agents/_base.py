@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from personae.backends import GenerationRequest, Message, RenderMode
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][\"')\]])\s+")
-_SPEAKER_TAG = re.compile(r"(?:^|\n)\s*\**[A-Z][\w .'-]{0,30}\**\s*:")
+# A speaker tag: one to three capitalised words at the start of a line, then a colon.
+_SPEAKER_TAG = re.compile(r"(?:^|\n)\s*\**[A-Z][\w.'-]*(?: [A-Z][\w.'-]*){0,2}\**\s*:")
 _SPACES = re.compile(r"\s+")
 
 
@@ -146,12 +147,10 @@ class Agent:
     def render_messages(self, history: Sequence[Utterance]) -> tuple[Message, ...]:
         """Chat prompt: system text, then others' lines as `user` and own lines as `assistant`."""
         messages = [Message("system", self.system_prompt().strip())]
-        if history and history[0].agent == self.name:
+        if not history or history[0].agent == self.name:  # this agent opens
             messages.append(Message("user", "(The conversation begins.)"))
         for u in history:
             messages.append(Message("assistant" if u.agent == self.name else "user", u.text))
-        if len(messages) == 1:
-            messages.append(Message("user", "(The conversation begins. Please start.)"))
         return tuple(messages)
 
     # -- output cleaning -------------------------------------------------------------------

@@ -29,11 +29,12 @@ _APPROACH = {
 }
 
 _FAREWELL = re.compile(
-    r"\b(good\s*-?\s*bye|see you (next|again|soon)|until next (time|week|session)|"
-    r"take care( of yourself)?[.!]|let'?s (stop|end|wrap up) (here|for today)|"
-    r"(end|close) (our|the|this) session)\b",
+    r"\b(good\s*-?\s*bye\b|see you (next|again|soon)\b|until next (time|week|session)\b|"
+    r"take care\b|let'?s (stop|end|wrap up) (here|for today)\b|"
+    r"(end|close) (our|the|this) session\b)",
     re.IGNORECASE,
 )
+_SENTENCES = re.compile(r"[^.!?]+[.!?]*")
 
 
 def _bullets(items: list[str]) -> str:
@@ -68,7 +69,10 @@ class Counselor(Agent):
         return 4
 
     def is_farewell(self, text: str) -> bool:
-        return bool(_FAREWELL.search(text))
+        """A farewell phrase in a sentence that is not a question ("Goodbye, take care.")."""
+        return any(
+            _FAREWELL.search(s) and not s.rstrip().endswith("?") for s in _SENTENCES.findall(text)
+        )
 
 
 @register_role("client")

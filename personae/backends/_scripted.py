@@ -8,11 +8,12 @@ replies they would get alone.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
-from personae.backends._base import Backend, GenerationRequest, GenerationResult
+from personae.backends._base import Backend, BackendError, GenerationRequest, GenerationResult
 from personae.errors import UserError
 
 Replies = Sequence[str] | Mapping[str, Sequence[str]] | Callable[[GenerationRequest], str]
@@ -31,6 +32,8 @@ class ScriptedBackend(Backend):
             list; or a callable `request -> text`. Default: a short line naming agent and turn.
         latency_s: Simulated latency per call (0 for none).
         render_mode: How agents render prompts for this backend.
+        fail_rate: Fraction of calls that raise `BackendError` (fault injection for testing
+            retries and failure handling); deterministic per (episode, agent, turn, attempt).
     """
 
     backend_id = "scripted"
@@ -41,7 +44,16 @@ class ScriptedBackend(Backend):
         *,
         latency_s: float = 0.0,
         render_mode: str = "transcript",
+        fail_rate: float = 0.0,
     ) -> None:
+        if not 0.0 <= fail_rate <= 1.0:
+            raise UserError(
+                f"fail_rate must be between 0 and 1, got {fail_rate}",
+                where="backend scripted",
+                fix="write e.g. scripted?fail_rate=0.2",
+            )
+        self._fail_rate = fail_rate
+        self._attempts: defaultdict[tuple[object, object, object], int] = defaultdict(int)
         self._replies = replies
         self._latency_s = latency_s
         self.render_mode = "chat" if render_mode == "chat" else "transcript"
@@ -83,6 +95,13 @@ class ScriptedBackend(Backend):
         start = time.perf_counter()
         if self._latency_s:
             await asyncio.sleep(self._latency_s)
+        if self._fail_rate:
+            tags = request.tags
+            key = (tags.get("episode_id"), tags.get("agent"), tags.get("turn"))
+            attempt = self._attempts[key]
+            self._attempts[key] = attempt + 1
+            if random.Random(f"{key}|{attempt}").random() < self._fail_rate:
+                raise BackendError(f"injected failure (attempt {attempt + 1})")
         text = self._pick(request)
         if request.choices and text not in request.choices:
             text = request.choices[0]

@@ -31,8 +31,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 @app.command()
 def run(
     scenario: Annotated[
-        str, typer.Argument(help="Scenario YAML file, or a shipped scenario name.")
-    ],
+        str | None, typer.Argument(help="Scenario YAML file, or a shipped scenario name.")
+    ] = None,
     episodes: Annotated[
         int | None, typer.Option(min=1, help="Run only the first N episodes.")
     ] = None,
@@ -47,8 +47,22 @@ def run(
         int | None, typer.Option(min=1, help="Episodes in flight (default: the backend's).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            help="Reuse replies to identical requests from response_cache.db next to the database."
+        ),
+    ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the newest run in this database (skips complete episodes)."),
+    ] = None,
 ) -> None:
-    """Run a scenario and log every turn to SQLite."""
+    """Run a scenario and log every turn to SQLite.
+
+    Rerunning into the same --db, or --resume DB, skips complete episodes and restarts
+    unfinished ones from turn 0.
+    """
     from personae.runner import run as run_scenario
 
     result = run_scenario(
@@ -59,6 +73,8 @@ def run(
         seed=seed,
         concurrency=concurrency,
         progress=not quiet,
+        cache=cache,
+        resume=resume,
     )
     out.print(f"database: {result.db_path}")
     out.print(result.line())

@@ -8,6 +8,7 @@ when the cleaned text is empty), and queues the `llm_calls` and `turns` rows on 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from personae.agents import Agent, Utterance
 from personae.backends import Backend, BackendError, GenerationRequest, GenerationResult
 from personae.seeds import derive_seed
 from personae.store import TurnLogWriter
+from personae.store._cache import ResponseCache, cache_key
 
 #: Placeholder logged when a model produced nothing usable twice in a row.
 EMPTY_UTTERANCE = "..."
@@ -45,7 +47,9 @@ class Episode:
         writer: The run's turn-log writer, or None to log nothing.
         run_seed: Seed that per-call seeds derive from.
         stop_when: Optional user predicate on the history; True ends the episode.
-        retries: Attempts per model call on backend errors.
+        retries: Attempts per model call on backend errors and timeouts.
+        call_timeout_s: Seconds before one model call counts as failed (then retried).
+        cache: Optional response cache consulted before each model call.
     """
 
     episode_id: str
@@ -55,6 +59,8 @@ class Episode:
     run_seed: int = 0
     stop_when: StopPredicate | None = None
     retries: int = 3
+    call_timeout_s: float = 600.0
+    cache: ResponseCache | None = None
     history: list[Utterance] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -66,7 +72,11 @@ class Episode:
 
     async def _generate(
         self, backend: Backend, request: GenerationRequest
-    ) -> tuple[GenerationResult, int]:
+    ) -> tuple[GenerationResult, int, bool]:
+        """The result, the number of attempts and whether it came from the cache."""
+        key = cache_key(backend.backend_id, request) if self.cache is not None else ""
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            return hit, 0, True
         attempts = 0
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self.retries),
@@ -76,7 +86,10 @@ class Episode:
         ):
             with attempt:
                 attempts += 1
-                return await backend.generate(request), attempts
+                result = await asyncio.wait_for(backend.generate(request), self.call_timeout_s)
+                if self.cache is not None:
+                    self.cache.put(key, backend.backend_id, result)
+                return result, attempts, False
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def take_turn(self, name: str, turn: int) -> Utterance:
@@ -119,12 +132,12 @@ class Episode:
         for retry in range(2):  # one more try with a fresh seed if the output is unusable
             seed = derive_seed(self.run_seed, self.episode_id, turn, agent.name, retry)
             request = agent.request(self.history, self.labels, seed=seed, tags=tags)
-            result, attempts = await self._generate(backend, request)
+            result, attempts, hit = await self._generate(backend, request)
             self.prompt_tokens += result.prompt_tokens
             self.completion_tokens += result.completion_tokens
             text = agent.clean(result.text, truncated=result.finish_reason == "length")
             call_id = f"{self.episode_id}-{turn:04d}" + (f"-r{retry}" if retry else "")
-            self._log_call(call_id, agent, turn, backend, request, result, attempts)
+            self._log_call(call_id, agent, turn, backend, request, result, attempts, hit)
             if text:
                 return text, call_id
         hidden["empty_output"] = True
@@ -139,6 +152,7 @@ class Episode:
         request: GenerationRequest,
         result: GenerationResult,
         attempts: int,
+        cache_hit: bool,
     ) -> None:
         if self.writer is None:
             return
@@ -167,6 +181,7 @@ class Episode:
                 "cached_tokens": result.cached_tokens,
                 "latency_s": round(result.latency_s, 6),
                 "attempts": attempts,
+                "cache_hit": int(cache_hit),
                 "created_at": _now(),
             },
         )

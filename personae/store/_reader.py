@@ -63,14 +63,15 @@ class RunLog:
         )
 
     def resolve_episode(self, episode: str) -> str:
-        """Full episode id for an id, a unique prefix, or a 0-based index into `episodes()`."""
-        rows = self._rows("SELECT episode_id FROM episodes WHERE episode_id LIKE ? || '%'", episode)
-        if len(rows) == 1:
-            return str(rows[0]["episode_id"])
-        if not rows and episode.isdigit():
+        """Full episode id for a 0-based index into `episodes()` (the `#` that `show` lists;
+        it wins over an id prefix made of digits), a full id, or a unique id prefix."""
+        if episode.isdigit() and len(episode) < 16:
             eps = self.episodes()
             if int(episode) < len(eps):
                 return str(eps[int(episode)]["episode_id"])
+        rows = self._rows("SELECT episode_id FROM episodes WHERE episode_id LIKE ? || '%'", episode)
+        if len(rows) == 1:
+            return str(rows[0]["episode_id"])
         detail = "matches several episodes" if rows else "no such episode"
         raise UserError(
             f"{detail}: {episode!r}",
@@ -119,7 +120,8 @@ class RunLog:
         calls = self._conn.execute(
             f"""SELECT count(*) AS calls, coalesce(sum(c.prompt_tokens), 0) AS prompt_tokens,
                        coalesce(sum(c.completion_tokens), 0) AS completion_tokens,
-                       coalesce(sum(c.cached_tokens), 0) AS cached_tokens
+                       coalesce(sum(c.cached_tokens), 0) AS cached_tokens,
+                       coalesce(sum(c.cache_hit), 0) AS cache_hits
                 FROM llm_calls c JOIN episodes e USING (episode_id) {where}""",
             args,
         ).fetchone()

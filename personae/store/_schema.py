@@ -91,6 +91,7 @@ _TABLES: dict[str, dict[str, Any]] = {
             "cached_tokens": int,
             "latency_s": float,
             "attempts": int,
+            "cache_hit": int,
             "created_at": str,
         },
         "pk": "call_id",
@@ -98,10 +99,27 @@ _TABLES: dict[str, dict[str, Any]] = {
     },
 }
 
+_TABLES["response_cache"] = {
+    "columns": {
+        "key": str,
+        "backend": str,
+        "output": str,
+        "finish_reason": str,
+        "prompt_tokens": int,
+        "completion_tokens": int,
+    },
+    "pk": "key",
+}
+
 _APPEND_ONLY = """
 CREATE TRIGGER IF NOT EXISTS turns_append_only BEFORE UPDATE ON turns
 BEGIN SELECT RAISE(ABORT, 'turns are append-only'); END;
 """
+
+
+def primary_key(table: str) -> str:
+    """The primary-key column of one of the turn log's tables."""
+    return str(_TABLES[table]["pk"])
 
 
 def episode_key(scenario: str, condition: dict[str, Any], seed: int, index: int) -> str:

@@ -16,11 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from personae.store._schema import connect
+from personae.store._schema import connect, primary_key
 
 log = logging.getLogger(__name__)
-
-_PK = {"runs": "run_id", "episodes": "episode_id", "turns": "id", "llm_calls": "call_id"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +132,7 @@ def _execute(conn: sqlite3.Connection, op: _Op) -> None:
     marks = ", ".join("?" for _ in cols)
     sql = f"INSERT INTO [{op.table}] ({names}) VALUES ({marks})"
     if op.kind == "upsert":
-        pk = _PK[op.table]
+        pk = primary_key(op.table)
         updates = ", ".join(f"[{c}]=excluded.[{c}]" for c in cols if c != pk)
         sql += (
             f" ON CONFLICT([{pk}]) DO UPDATE SET {updates}"

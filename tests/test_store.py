@@ -1,0 +1,226 @@
+"""The SQLite turn log: schema, version checks, the batched writer, append-only turns."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import db_rows
+
+from personae.errors import UserError
+from personae.store import (
+    SCHEMA_VERSION,
+    RunLog,
+    TurnLogWriter,
+    check_database,
+    episode_key,
+    open_database,
+)
+
+
+def _seed_run(path: Path, episodes: tuple[str, ...] = ("ep1",)) -> None:
+    """A fresh database with one run and the given episodes."""
+    db = open_database(path, create=True)
+    with db.conn:
+        db.conn.execute("INSERT INTO runs (run_id, scenario, status) VALUES ('r1', 's', 'running')")
+        for i, ep in enumerate(episodes):
+            db.conn.execute(
+                "INSERT INTO episodes (episode_id, run_id, idx, status) VALUES (?, 'r1', ?, 'pending')",
+                (ep, i),
+            )
+    db.conn.close()
+
+
+def _turn(episode_id: str, idx: int, text: str = "hello") -> dict[str, object]:
+    return {"episode_id": episode_id, "idx": idx, "agent": "a", "role": "client", "text": text}
+
+
+# -- schema ---------------------------------------------------------------------------------
+
+
+def test_new_database_has_tables_wal_and_foreign_keys(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    db = open_database(path, create=True)
+    try:
+        tables = set(db.table_names())
+        assert {"runs", "episodes", "turns", "llm_calls", "meta"} <= tables
+        assert db.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    finally:
+        db.conn.close()
+    # WAL is a property of the file: a brand-new connection sees it too.
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+        fk_targets = {
+            table: {row[2] for row in conn.execute(f"PRAGMA foreign_key_list({table})")}
+            for table in ("episodes", "turns", "llm_calls")
+        }
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+    finally:
+        conn.close()
+    assert fk_targets == {"episodes": {"runs"}, "turns": {"episodes"}, "llm_calls": {"episodes"}}
+    assert meta["app"] == "personae"
+    assert int(meta["schema_version"]) == SCHEMA_VERSION
+    check_database(path)  # a fresh database passes its own check
+    RunLog(path).close()
+
+
+def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    open_database(path, create=True).conn.close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),)
+        )
+    conn.close()
+    before = path.read_bytes()
+
+    with pytest.raises(UserError, match="newer") as info:
+        RunLog(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(UserError, match="newer"):
+        check_database(path)
+    with pytest.raises(UserError, match="newer"):
+        open_database(path, create=True)
+    assert path.read_bytes() == before
+
+
+def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        conn.execute("INSERT INTO notes (body) VALUES ('mine')")
+    conn.close()
+    before = path.read_bytes()
+    for attempt in (lambda: RunLog(path), lambda: check_database(path)):
+        with pytest.raises(UserError, match="not a personae run database") as info:
+            attempt()
+        assert str(path) in str(info.value)
+    with pytest.raises(UserError, match="not a personae run database"):
+        open_database(path, create=True)
+    assert path.read_bytes() == before
+
+
+def test_sqlite_file_with_foreign_meta_table_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other_app.db"
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO meta VALUES ('app', 'someone-else'), ('schema_version', '1')")
+    conn.close()
+    with pytest.raises(UserError, match="not a personae run database"):
+        RunLog(path)
+
+
+def test_text_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("these are my notes, not a database\n" * 50)
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="not a personae run database"):
+        RunLog(path)
+    with pytest.raises(UserError, match="not a personae run database"):
+        open_database(path, create=True)
+    assert path.read_bytes() == before
+
+
+def test_missing_database_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "absent.db"
+    with pytest.raises(UserError, match="not found"):
+        RunLog(path)
+    with pytest.raises(UserError):
+        open_database(path, create=False)
+    assert not path.exists()
+
+
+# -- the writer -----------------------------------------------------------------------------
+
+
+async def test_writer_skips_bad_rows_but_keeps_the_rest_of_the_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "run.db"
+    _seed_run(path)
+    caplog.set_level(logging.ERROR)
+    writer = TurnLogWriter(path)
+    batches: list[int] = []
+    real_write = writer._write
+
+    def spy(batch: list) -> None:  # type: ignore[type-arg]
+        batches.append(len(batch))
+        real_write(batch)
+
+    writer._write = spy  # type: ignore[method-assign]
+    async with writer:
+        # queued without awaiting in between, so the writer drains them as one batch
+        writer.insert("turns", _turn("ep1", 0, "first"))
+        writer.insert("turns", _turn("ep1", 0, "duplicate index"))  # unique (episode_id, idx)
+        writer.insert("turns", _turn("no-such-episode", 0, "orphan"))  # foreign key
+        writer.insert("turns", _turn("ep1", 1, "second"))
+        await writer.flush()
+        assert batches == [4]  # one batch holding good and bad rows
+        assert writer.failed_rows == 2
+        assert writer.written_rows == 2
+        # the writer is still alive after the bad batch
+        writer.insert("turns", _turn("ep1", 2, "third"))
+        await writer.flush()
+        assert writer.written_rows == 3
+    assert writer.failed_rows == 2
+    texts = [r["text"] for r in db_rows(path, "SELECT text FROM turns ORDER BY idx")]
+    assert texts == ["first", "second", "third"]
+    dropped = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(dropped) == 2
+    assert all("turns" in m for m in dropped)
+
+
+async def test_writer_writes_everything_queued_before_close(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    _seed_run(path, episodes=("a", "b"))
+    async with TurnLogWriter(path, max_batch=7) as writer:
+        for i in range(50):
+            writer.insert("turns", _turn("a" if i % 2 else "b", i // 2, f"line {i}"))
+        writer.upsert("episodes", {"episode_id": "a", "status": "complete", "n_turns": 25})
+    assert writer.failed_rows == 0
+    assert db_rows(path, "SELECT count(*) AS n FROM turns")[0]["n"] == 50
+    row = db_rows(path, "SELECT status, n_turns, run_id FROM episodes WHERE episode_id = 'a'")[0]
+    # upsert updates the given columns and leaves the others alone
+    assert row == {"status": "complete", "n_turns": 25, "run_id": "r1"}
+
+
+async def test_turns_are_append_only(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    _seed_run(path)
+    async with TurnLogWriter(path) as writer:
+        writer.insert("turns", _turn("ep1", 0, "original"))
+    conn = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            with conn:
+                conn.execute("UPDATE turns SET text = 'rewritten' WHERE idx = 0")
+    finally:
+        conn.close()
+    assert db_rows(path, "SELECT text FROM turns")[0]["text"] == "original"
+
+
+# -- episode ids ----------------------------------------------------------------------------
+
+
+def test_episode_key_is_stable_and_depends_on_every_input() -> None:
+    condition = {"client": {"persona": "margaret_grief", "style": "plain"}, "counselor": {"persona": "cbt"}}
+    key = episode_key("counseling_cbt", condition, 7, 0)
+    # stable: same inputs (dict order irrelevant) give the same id
+    reordered = {"counselor": {"persona": "cbt"}, "client": {"style": "plain", "persona": "margaret_grief"}}
+    assert episode_key("counseling_cbt", reordered, 7, 0) == key
+    assert len(key) == 16 and int(key, 16) >= 0
+    variants = [
+        episode_key("counseling_cbt2", condition, 7, 0),
+        episode_key("counseling_cbt", {**condition, "client": {"persona": "margaret_grief", "style": "upset"}}, 7, 0),
+        episode_key("counseling_cbt", {**condition, "client": {"persona": "kenji_retirement", "style": "plain"}}, 7, 0),
+        episode_key("counseling_cbt", condition, 8, 0),
+        episode_key("counseling_cbt", condition, 7, 1),
+    ]
+    assert key not in variants
+    assert len(set(variants)) == len(variants)
