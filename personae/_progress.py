@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 
@@ -23,6 +24,7 @@ class RunProgress:
             TextColumn("{task.fields[failed]}"),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
+            console=Console(stderr=True),
             disable=not enabled,
             transient=False,
         )

@@ -94,6 +94,26 @@ def test_show_episode_prints_transcript_with_speakers(small_db: tuple[Path, list
     assert "complete (max_turns), 12 turns" in result.output
 
 
+def test_show_prints_bracketed_text_verbatim(
+    write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    # models often write stage directions; the transcript must show exactly what was logged
+    from personae import run
+
+    lines = ["I [sighs] don't know where to start.", "It's just [/] everything, you know?"]
+    db = tmp_path / "brackets.db"
+    run(write_scenario(backend_options={"replies": {"client": lines}}), db=db)
+    with RunLog(db) as log:
+        (episode,) = log.episodes()
+        assert [t.text for t in log.turns(episode["episode_id"]) if t.agent == "client"][
+            :2
+        ] == lines
+    result = runner.invoke(app, ["show", str(db), episode["episode_id"]])
+    assert result.exit_code == 0, repr(result.exception)
+    assert f"client: {lines[0]}" in result.output
+    assert f"client: {lines[1]}" in result.output
+
+
 def test_show_hidden_prints_hidden_state(small_db: tuple[Path, list[str]]) -> None:
     db, ids = small_db
     result = runner.invoke(app, ["show", str(db), ids[0], "--hidden"])
@@ -108,7 +128,9 @@ def test_show_by_list_index_prints_that_row(small_db: tuple[Path, list[str]]) ->
     shown: dict[int, str] = {}
     for i in range(len(ids)):
         result = runner.invoke(app, ["show", str(db), str(i)])
-        shown[i] = result.output.splitlines()[0] if result.exit_code == 0 else repr(result.exception)
+        shown[i] = (
+            result.output.splitlines()[0] if result.exit_code == 0 else repr(result.exception)
+        )
     wrong = {i: line for i, line in shown.items() if ids[i] not in line}
     assert not wrong, f"expected ids {ids}, got {wrong}"
 
@@ -150,34 +172,72 @@ def _bad_inputs(tmp: Path, write: Callable[..., Path]) -> dict[str, tuple[list[s
         "missing scenario": ([*run, str(tmp / "absent.yaml"), "--backend", "scripted"], db),
         "unknown key": ([*run, str(write(unknown_key))], db),
         "malformed yaml": ([*run, str(write("name: x\ngraph:\n\tkind: dyadic\n"))], db),
-        "unknown role": ([*run, str(write(agents={
-            "counselor": {"role": "therapist", "persona": "x.yaml"},
-            "client": {"role": "client", "persona": "y.yaml"},
-        }))], db),
-        "missing persona": ([*run, str(write(agents={
-            "counselor": {"role": "counselor", "persona": "ghost.yaml"},
-            "client": {"role": "client", "persona": "ghost2.yaml"},
-        }))], db),
+        "unknown role": (
+            [
+                *run,
+                str(
+                    write(
+                        agents={
+                            "counselor": {"role": "therapist", "persona": "x.yaml"},
+                            "client": {"role": "client", "persona": "y.yaml"},
+                        }
+                    )
+                ),
+            ],
+            db,
+        ),
+        "missing persona": (
+            [
+                *run,
+                str(
+                    write(
+                        agents={
+                            "counselor": {"role": "counselor", "persona": "ghost.yaml"},
+                            "client": {"role": "client", "persona": "ghost2.yaml"},
+                        }
+                    )
+                ),
+            ],
+            db,
+        ),
         "bad grid value": ([*run, str(write(grid={"client.style": ["angry"]}))], db),
         "unknown backend": ([*run, "counseling_cbt", "--backend", "embeded"], db),
         "missing gguf": ([*run, "counseling_cbt", "--backend", "embedded:/nope.gguf"], db),
-        "text file as db": (["run", "counseling_cbt", "--backend", "scripted", "--db", str(notes)], notes),
-        "foreign sqlite db": (["run", "counseling_cbt", "--backend", "scripted", "--db", str(foreign)], foreign),
+        "text file as db": (
+            ["run", "counseling_cbt", "--backend", "scripted", "--db", str(notes)],
+            notes,
+        ),
+        "foreign sqlite db": (
+            ["run", "counseling_cbt", "--backend", "scripted", "--db", str(foreign)],
+            foreign,
+        ),
         "show text file": (["show", str(notes)], notes),
         "show missing db": (["show", str(tmp / "absent.db")], None),
     }
 
 
 CASES = [
-    "missing scenario", "unknown key", "malformed yaml", "unknown role", "missing persona",
-    "bad grid value", "unknown backend", "missing gguf", "text file as db", "foreign sqlite db",
-    "show text file", "show missing db",
+    "missing scenario",
+    "unknown key",
+    "malformed yaml",
+    "unknown role",
+    "missing persona",
+    "bad grid value",
+    "unknown backend",
+    "missing gguf",
+    "text file as db",
+    "foreign sqlite db",
+    "show text file",
+    "show missing db",
 ]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_exits_2_with_one_error_line(
-    case: str, tmp_path: Path, write_scenario: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+    case: str,
+    tmp_path: Path,
+    write_scenario: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     argv, guarded = _bad_inputs(tmp_path, write_scenario)[case]
     before = file_snapshot(guarded) if guarded is not None else None

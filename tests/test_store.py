@@ -27,7 +27,8 @@ def _seed_run(path: Path, episodes: tuple[str, ...] = ("ep1",)) -> None:
         db.conn.execute("INSERT INTO runs (run_id, scenario, status) VALUES ('r1', 's', 'running')")
         for i, ep in enumerate(episodes):
             db.conn.execute(
-                "INSERT INTO episodes (episode_id, run_id, idx, status) VALUES (?, 'r1', ?, 'pending')",
+                "INSERT INTO episodes (episode_id, run_id, idx, status)"
+                " VALUES (?, 'r1', ?, 'pending')",
                 (ep, i),
             )
     db.conn.close()
@@ -136,6 +137,18 @@ def test_missing_database_is_a_user_error(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+@pytest.mark.parametrize("name", ["exp #3.db", "what?.db"])
+def test_database_path_with_uri_characters_is_readable(tmp_path: Path, name: str) -> None:
+    # '#' and '?' are legal in file names; a run database written there must open again
+    path = tmp_path / name
+    open_database(path, create=True).conn.close()
+    check_database(path)
+    with RunLog(path) as log:
+        assert log.runs() == []
+    created = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(name))
+    assert created == []  # no stray files next to it
+
+
 # -- the writer -----------------------------------------------------------------------------
 
 
@@ -197,9 +210,8 @@ async def test_turns_are_append_only(tmp_path: Path) -> None:
         writer.insert("turns", _turn("ep1", 0, "original"))
     conn = sqlite3.connect(path)
     try:
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            with conn:
-                conn.execute("UPDATE turns SET text = 'rewritten' WHERE idx = 0")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"), conn:
+            conn.execute("UPDATE turns SET text = 'rewritten' WHERE idx = 0")
     finally:
         conn.close()
     assert db_rows(path, "SELECT text FROM turns")[0]["text"] == "original"
@@ -209,16 +221,32 @@ async def test_turns_are_append_only(tmp_path: Path) -> None:
 
 
 def test_episode_key_is_stable_and_depends_on_every_input() -> None:
-    condition = {"client": {"persona": "margaret_grief", "style": "plain"}, "counselor": {"persona": "cbt"}}
+    condition = {
+        "client": {"persona": "margaret_grief", "style": "plain"},
+        "counselor": {"persona": "cbt"},
+    }
     key = episode_key("counseling_cbt", condition, 7, 0)
     # stable: same inputs (dict order irrelevant) give the same id
-    reordered = {"counselor": {"persona": "cbt"}, "client": {"style": "plain", "persona": "margaret_grief"}}
+    reordered = {
+        "counselor": {"persona": "cbt"},
+        "client": {"style": "plain", "persona": "margaret_grief"},
+    }
     assert episode_key("counseling_cbt", reordered, 7, 0) == key
     assert len(key) == 16 and int(key, 16) >= 0
     variants = [
         episode_key("counseling_cbt2", condition, 7, 0),
-        episode_key("counseling_cbt", {**condition, "client": {"persona": "margaret_grief", "style": "upset"}}, 7, 0),
-        episode_key("counseling_cbt", {**condition, "client": {"persona": "kenji_retirement", "style": "plain"}}, 7, 0),
+        episode_key(
+            "counseling_cbt",
+            {**condition, "client": {"persona": "margaret_grief", "style": "upset"}},
+            7,
+            0,
+        ),
+        episode_key(
+            "counseling_cbt",
+            {**condition, "client": {"persona": "kenji_retirement", "style": "plain"}},
+            7,
+            0,
+        ),
         episode_key("counseling_cbt", condition, 8, 0),
         episode_key("counseling_cbt", condition, 7, 1),
     ]

@@ -25,6 +25,20 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][\"')\]])\s+")
 # A speaker tag: one to three capitalised words at the start of a line, then a colon.
 _SPEAKER_TAG = re.compile(r"(?:^|\n)\s*\**[A-Z][\w.'-]*(?: [A-Z][\w.'-]*){0,2}\**\s*:")
 _SPACES = re.compile(r"\s+")
+_ABBREVIATION = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Prof|St|Jr|Sr|vs|etc|e\.g|i\.e)\.$", re.IGNORECASE)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of `text` (an abbreviation such as "Dr." does not end one)."""
+    sentences: list[str] = []
+    for piece in _SENTENCE_END.split(text):
+        if not piece.strip():
+            continue
+        if sentences and _ABBREVIATION.search(sentences[-1]):
+            sentences[-1] += " " + piece
+        else:
+            sentences.append(piece)
+    return sentences
 
 
 class Sampling(BaseModel):
@@ -170,7 +184,7 @@ class Agent:
         text = _SPACES.sub(" ", text).strip().strip('"').strip()
         if len(text) > 20 and text in _SPACES.sub(" ", self.system_prompt()):
             return ""  # the model parroted its private instructions: treat as no output
-        sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
+        sentences = split_sentences(text)
         if truncated and len(sentences) > 1 and not re.search(r"[.!?…][\"')\]]*$", text):
             sentences = sentences[:-1]
         return " ".join(sentences[: self.max_sentences()]).strip()

@@ -94,7 +94,7 @@ class Client(Agent):
             for group, items in p.core_beliefs.model_dump().items()
             if items
         ]
-        age = f", {p.age}," if p.age else ""
+        age = f", {p.age}" if p.age else ""
         return (
             f"Private notes on the client, {p.name}{age} (the counselor has not seen them).\n"
             f"History: {p.history}\n"

@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from personae.backends import GenerationRequest, GenerationResult
+from personae.store._schema import readonly_uri
 from personae.store._writer import TurnLogWriter
 
 #: File name of the default response cache, next to the run database.
@@ -32,7 +33,7 @@ class ResponseCache:
     """Reads and writes the `response_cache` table of one run database."""
 
     def __init__(self, path: Path, writer: TurnLogWriter) -> None:
-        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        self._conn = sqlite3.connect(readonly_uri(path), uri=True, check_same_thread=False)
         self._writer = writer
         self.hits = 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from personae.errors import UserError
-from personae.store._schema import check_database
+from personae.store._schema import check_database, readonly_uri
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,7 @@ class RunLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         check_database(self.path)
-        self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        self._conn = sqlite3.connect(readonly_uri(self.path), uri=True)
         self._conn.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -54,6 +54,21 @@ class RunLog:
         """All runs, oldest first."""
         return self._rows("SELECT * FROM runs ORDER BY created_at")
 
+    def run(self, run_id: str) -> dict[str, Any]:
+        """One run's row (`UserError` if there is no such run)."""
+        rows = self._rows("SELECT * FROM runs WHERE run_id = ?", run_id)
+        if not rows:
+            raise UserError(
+                f"no such run: {run_id!r}",
+                where=str(self.path),
+                fix=f"list runs with: sqlite3 {self.path} 'select run_id, scenario from runs'",
+            )
+        return rows[0]
+
+    def query(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        """Rows of a read-only SQL query, as dicts (for tables without a method here)."""
+        return self._rows(sql, *args)
+
     def episodes(self, run_id: str | None = None) -> list[dict[str, Any]]:
         """Episodes (of one run, or all), in run order."""
         if run_id:
@@ -69,7 +84,11 @@ class RunLog:
             eps = self.episodes()
             if int(episode) < len(eps):
                 return str(eps[int(episode)]["episode_id"])
-        rows = self._rows("SELECT episode_id FROM episodes WHERE episode_id LIKE ? || '%'", episode)
+        rows = self._rows(
+            "SELECT episode_id FROM episodes WHERE substr(episode_id, 1, length(?)) = ?",
+            episode,
+            episode,
+        )
         if len(rows) == 1:
             return str(rows[0]["episode_id"])
         detail = "matches several episodes" if rows else "no such episode"
@@ -105,7 +124,9 @@ class RunLog:
     def calls(self, episode_id: str) -> list[dict[str, Any]]:
         """The episode's model calls in order."""
         full = self.resolve_episode(episode_id)
-        return self._rows("SELECT * FROM llm_calls WHERE episode_id = ? ORDER BY turn_idx", full)
+        return self._rows(
+            "SELECT * FROM llm_calls WHERE episode_id = ? ORDER BY turn_idx, call_id", full
+        )
 
     def summary(self, run_id: str | None = None) -> dict[str, Any]:
         """Counts and token totals (of one run, or all)."""
