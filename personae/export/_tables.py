@@ -1,0 +1,108 @@
+"""Flat tables for analysis: one row per turn, with its episode, condition and model call.
+
+Columns: episode fields (`run_id`, `scenario`, `episode_id`, `episode_idx`, `status`,
+`end_reason`, `n_turns`, `seed`, `parent_episode_id`, `fork_turn`), the condition flattened to
+`AGENT.FIELD` columns (`client.persona` holds the persona id, `client.style`...) plus top-level
+keys (`repeat`), then the turn (`turn`, `agent`, `role`, `text`, `hidden_json`, `call_id`) and
+its final model call (`finish_reason`, `prompt_tokens`, `completion_tokens`, `cached_tokens`,
+`latency_s`, `call_seed`). These tables are for analysis and keep `hidden_json`; training
+exports (`sft`, `dpo`) never include it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from personae.export._select import EpisodeFilter, select_episodes
+from personae.store import RunLog
+
+_EPISODE_FIELDS = (
+    "run_id",
+    "scenario",
+    "episode_id",
+    "status",
+    "end_reason",
+    "n_turns",
+    "seed",
+    "parent_episode_id",
+    "fork_turn",
+)
+
+
+def _flat_condition(condition: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in condition.items():
+        if isinstance(value, dict):
+            for field, v in value.items():
+                flat[f"{key}.{field}"] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def turn_rows(db: str | Path, chosen: EpisodeFilter | None = None) -> list[dict[str, Any]]:
+    """Every turn of the chosen episodes, joined with episode and call fields.
+
+    Raises:
+        UserError: a bad filter.
+    """
+    rows: list[dict[str, Any]] = []
+    with RunLog(db) as log:
+        for episode in select_episodes(log, chosen or EpisodeFilter()):
+            base = {f: episode.get(f) for f in _EPISODE_FIELDS}
+            base["episode_idx"] = episode["idx"]
+            base.update(_flat_condition(json.loads(episode["condition_json"] or "{}")))
+            for r in log.query(
+                """SELECT t.idx AS turn, t.agent, t.role, t.text, t.hidden_json, t.call_id,
+                          c.finish_reason, c.prompt_tokens, c.completion_tokens,
+                          c.cached_tokens, c.latency_s, c.seed AS call_seed
+                   FROM turns t LEFT JOIN llm_calls c ON c.call_id = t.call_id
+                   WHERE t.episode_id = ? ORDER BY t.idx""",
+                episode["episode_id"],
+            ):
+                rows.append({**base, **r})
+    return rows
+
+
+@contextmanager
+def _opened(out: str | Path | None) -> Any:
+    if out is None or str(out) == "-":
+        yield sys.stdout
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        yield handle
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], out: str | Path | None = None) -> int:
+    """Write one JSON object per line to `out` (a path; None or `-`: stdout); return the count."""
+    count = 0
+    handle: IO[str]
+    with _opened(out) as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def write_csv(rows: Sequence[dict[str, Any]], out: str | Path | None = None) -> int:
+    """Write rows as CSV (columns: the union of keys, first seen first); return the count."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    handle: IO[str]
+    with _opened(out) as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()}
+            )
+    return len(rows)

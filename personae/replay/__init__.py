@@ -1,0 +1,55 @@
+"""Replay: debug, re-execute and fork logged episodes.
+
+`ReplayBackend` (backend spec `replay:PATH.db`) serves the model outputs recorded in a run
+database. `verify_episode` / `verify_run` re-run an episode's graph with the current code on
+those outputs and report "identical" or the first differing turn with a diff of its prompt.
+`fork_episode` continues an episode from turn K with another backend, sampling or persona
+setting as a new episode that records its parent. `episode_steps` is what the terminal viewer
+(`personae replay`) shows per turn.
+"""
+
+from personae.replay._backend import ReplayBackend, ReplayMissError, call_id_for
+from personae.replay._fork import ForkResult, afork_episode, apply_settings, fork_episode, fork_id
+from personae.replay._setup import (
+    EpisodeSetup,
+    is_scenario_run,
+    load_setup,
+    scenario_of_run,
+    utterances,
+)
+from personae.replay._steps import HIDDEN_TABLES, Step, episode_steps
+from personae.replay._verify import (
+    TurnDiff,
+    VerifyResult,
+    averify_episode,
+    averify_run,
+    rendered_prompt,
+    verify_episode,
+    verify_run,
+)
+
+__all__ = [
+    "HIDDEN_TABLES",
+    "EpisodeSetup",
+    "ForkResult",
+    "ReplayBackend",
+    "ReplayMissError",
+    "Step",
+    "TurnDiff",
+    "VerifyResult",
+    "afork_episode",
+    "apply_settings",
+    "averify_episode",
+    "averify_run",
+    "call_id_for",
+    "episode_steps",
+    "fork_episode",
+    "fork_id",
+    "is_scenario_run",
+    "load_setup",
+    "rendered_prompt",
+    "scenario_of_run",
+    "utterances",
+    "verify_episode",
+    "verify_run",
+]
