@@ -161,6 +161,12 @@ def load_scenario(path: str | Path) -> Scenario:
         raise UserError(
             "a scenario must be a YAML mapping", where=str(path), fix="see scenarios/ for examples"
         )
+    if data.get("kind") == "teaching":
+        raise UserError(
+            "this is a teacher-student experiment scenario",
+            where=str(path),
+            fix=f"run it with 'personae experiment teaching {path}'",
+        )
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:

@@ -1,7 +1,8 @@
 """Role-playing agents: persona + prompt rendering + sampling, registered by role name.
 
 Shipped roles: `counselor` (CBT, motivational interviewing, integrative) and `client`
-(PATIENT-Ψ cognitive model with six conversation styles). Add roles with `@register_role`.
+(PATIENT-Ψ cognitive model with six conversation styles); `teacher` and `student` for the
+teacher-student experiments. Add roles with `@register_role`.
 """
 
 from personae.agents._base import Agent, Sampling, Utterance
@@ -15,6 +16,7 @@ from personae.agents._personas import (
     CounselorPersona,
 )
 from personae.agents._registry import get_role, register_role, role_names
+from personae.agents._teaching import Shot, Student, StudentPersona, Teacher, TeacherPersona
 
 __all__ = [
     "STYLE_BEHAVIOUR",
@@ -27,6 +29,11 @@ __all__ = [
     "Counselor",
     "CounselorPersona",
     "Sampling",
+    "Shot",
+    "Student",
+    "StudentPersona",
+    "Teacher",
+    "TeacherPersona",
     "Utterance",
     "get_role",
     "register_role",

@@ -121,6 +121,11 @@ class EmbeddedBackend(Backend):
         params.cont_batching = True
         params.n_ctx = self._ctx_per_slot * self.parallelism
         params.cache_prompt = True
+        if hasattr(params, "swa_full"):
+            # Gemma 3 has sliding-window attention layers: without a full-size cache for them
+            # llama.cpp reuses a cached prompt only when the new one extends it exactly, not
+            # a shared prefix (same instructions and demonstrations, another question).
+            params.swa_full = True
         params.verbosity = -1
         if self._threads:
             params.cpuparams.n_threads = self._threads

@@ -2,8 +2,9 @@
 
 A spec is `KIND`, `KIND:TARGET` or either followed by `?key=value&...` options, e.g.
 `embedded`, `embedded:/models/x.gguf?n_parallel=16`, `openai:http://127.0.0.1:8000/v1?model=m`,
-`vllm:/models/tiny`, `scripted`. Options given as a mapping (scenario `backend_options`) are merged
-over the query-string ones. Users register their own kinds with `register_backend`.
+`vllm:/models/tiny`, `scripted`, `simulated` (a simulated student for teaching experiments).
+Options given as a mapping (scenario `backend_options`) are merged over the query-string ones.
+Users register their own kinds with `register_backend`.
 """
 
 from __future__ import annotations
@@ -119,3 +120,10 @@ def _vllm(target: str | None, options: dict[str, Any]) -> Backend:
             fix="write e.g. vllm:/models/Qwen2.5-0.5B-Instruct",
         )
     return VLLMBackend(target, **options)
+
+
+@register_backend("simulated")
+def _simulated(target: str | None, options: dict[str, Any]) -> Backend:
+    from personae.experiments._simulated import SimulatedStudentBackend
+
+    return SimulatedStudentBackend(**options)
