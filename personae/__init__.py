@@ -4,6 +4,7 @@ LangGraph graphs wire role-playing agents around one shared inference backend, a
 stored in SQLite. Start with `personae.run("counseling_cbt", episodes=2)`.
 """
 
+import personae.replay  # noqa: F401 - registers the 'replay' backend kind
 from personae._version import __version__
 from personae.errors import UserError
 from personae.runner import RunResult, arun, run

@@ -90,12 +90,18 @@ def default_db_path(scenario: Scenario) -> Path:
     return Path("logs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.db"
 
 
-class _Backends:
-    """One backend instance per distinct spec, shared by every agent that names it."""
+class RunBackends:
+    """One backend instance per distinct spec, shared by every agent that names it (per-agent
+    specs get no scenario `backend_options`); or one caller-owned instance for every agent."""
 
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, instance: Backend | None = None) -> None:
         self.by_spec: dict[str, Backend] = {}
         self.for_agent: dict[str, Backend] = {}
+        self._owned = instance is None
+        if instance is not None:  # a caller-owned engine serves every agent
+            self.by_spec[scenario.backend] = instance
+            self.for_agent = dict.fromkeys(scenario.agents, instance)
+            return
         for name, agent in scenario.agents.items():
             spec = agent.backend or scenario.backend
             if spec not in self.by_spec:
@@ -108,6 +114,8 @@ class _Backends:
             await backend.start()
 
     async def close(self) -> None:
+        if not self._owned:
+            return  # the caller started it and closes it
         for backend in self.by_spec.values():
             await backend.close()
 
@@ -149,7 +157,7 @@ async def _run_episode(
     scenario: Scenario,
     graph: CompiledStateGraph[Any, Any, Any, Any],
     plan: EpisodePlan,
-    backends: _Backends,
+    backends: RunBackends,
     writer: TurnLogWriter,
     progress: RunProgress,
     stop_when: Callable[[Sequence[Utterance]], bool] | None,
@@ -235,7 +243,7 @@ async def arun(
     scenario: str | Path | Scenario | None = None,
     *,
     episodes: int | None = None,
-    backend: str | None = None,
+    backend: str | Backend | None = None,
     db: str | Path | None = None,
     seed: int | None = None,
     concurrency: int | None = None,
@@ -245,12 +253,15 @@ async def arun(
     resume: str | Path | None = None,
 ) -> RunResult:
     """Async form of `run`."""
-    spec = _effective_scenario(scenario, resume, episodes, backend, seed)
+    instance = backend if isinstance(backend, Backend) else None
+    spec_string = instance.backend_id if instance is not None else backend
+    assert spec_string is None or isinstance(spec_string, str)
+    spec = _effective_scenario(scenario, resume, episodes, spec_string, seed)
     plans = plan_episodes(spec)
     db_path = Path(resume or db or default_db_path(spec))
     if db_path.exists() and db_path.stat().st_size > 0:
         check_database(db_path)
-    backends = _Backends(spec)
+    backends = RunBackends(spec, instance)
     graph = build_graph(spec)
     run_id = uuid.uuid4().hex[:12]
     start = time.perf_counter()
@@ -321,7 +332,7 @@ def _log_run_start(
     writer: TurnLogWriter,
     run_id: str,
     spec: Scenario,
-    backends: _Backends,
+    backends: RunBackends,
     todo: Sequence[EpisodePlan],
 ) -> None:
     writer.insert(
@@ -366,7 +377,8 @@ def run(scenario: str | Path | Scenario | None = None, **options: Any) -> RunRes
 
     Args:
         scenario: A scenario file, the name of a shipped scenario, or a `Scenario`.
-        **options: `episodes` (cap), `backend` (spec overriding every agent's), `db` (path;
+        **options: `episodes` (cap), `backend` (a spec overriding every agent's, or a
+            `Backend` instance the caller owns, e.g. an `AutoGenBackend`), `db` (path;
             default `logs/<scenario>-<time>.db`), `seed`, `concurrency` (episodes in flight;
             default: the backend's parallelism), `progress` (show a progress bar), `stop_when`
             (predicate on the history that ends an episode), `cache` (True or a path: reuse
@@ -385,4 +397,12 @@ def run(scenario: str | Path | Scenario | None = None, **options: Any) -> RunRes
     return asyncio.run(arun(scenario, **options))
 
 
-__all__ = ["RunResult", "arun", "build_agents", "build_graph", "default_db_path", "run"]
+__all__ = [
+    "RunBackends",
+    "RunResult",
+    "arun",
+    "build_agents",
+    "build_graph",
+    "default_db_path",
+    "run",
+]

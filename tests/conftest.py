@@ -47,7 +47,9 @@ def write_scenario(tmp_path: Path) -> Callable[..., Path]:
     """Write a scenario (a mapping, dumped as YAML, or raw text) into tmp_path; return its path."""
     counter = iter(range(1000))
 
-    def write(data: dict[str, Any] | str | None = None, name: str | None = None, **overrides: Any) -> Path:
+    def write(
+        data: dict[str, Any] | str | None = None, name: str | None = None, **overrides: Any
+    ) -> Path:
         path = tmp_path / (name or f"scenario{next(counter)}.yaml")
         if isinstance(data, str):
             path.write_text(data, encoding="utf-8")

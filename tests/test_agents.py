@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 import pytest
 
@@ -13,8 +14,9 @@ from personae.agents import (
     ConversationStyle,
     Counselor,
     Utterance,
+    get_role,
+    role_names,
 )
-from personae.agents import get_role, role_names
 from personae.errors import UserError
 
 Pair = Callable[..., tuple[Counselor, Client]]
@@ -69,7 +71,7 @@ def test_transcript_prompt_is_prefix_stable(make_pair: Pair) -> None:
     for name, agent in (("counselor", counselor), ("client", client)):
         calls = seen[name]
         assert len(calls) == (3 if name == "counselor" else 4)
-        for (old, own_text), (new, _) in zip(calls, calls[1:], strict=False):
+        for (old, own_text), (new, _) in pairwise(calls):
             assert isinstance(old, str) and isinstance(new, str)
             assert old.endswith(f"\n{agent.label}:")  # ends with this agent's speaker tag
             # the next prompt extends the previous one with this agent's own line
@@ -78,7 +80,7 @@ def test_transcript_prompt_is_prefix_stable(make_pair: Pair) -> None:
 
 
 def test_transcript_shows_each_line_with_its_speaker_label(make_pair: Pair) -> None:
-    counselor, client = make_pair("transcript")
+    counselor, _ = make_pair("transcript")
     history = [
         Utterance("counselor", "Counselor", "How are you?"),
         Utterance("client", "Client", "Not great."),
@@ -92,7 +94,7 @@ def test_chat_messages_are_prefix_stable_and_own_lines_are_assistant(make_pair: 
     seen = _conversation(counselor, client)
     for name in ("counselor", "client"):
         calls = seen[name]
-        for (old, own_text), (new, _) in zip(calls, calls[1:], strict=False):
+        for (old, own_text), (new, _) in pairwise(calls):
             assert isinstance(old, tuple) and isinstance(new, tuple)
             assert new[: len(old)] == old
             assert new[len(old)].role == "assistant" and new[len(old)].content == own_text
@@ -178,7 +180,9 @@ def test_clean_cuts_at_a_speaker_tag(make_pair: Pair) -> None:
         "I feel tired all the time."
     )
     assert client.clean("Client: I feel tired.\nCounselor: Why?") == "I feel tired."
-    assert counselor.clean("Tell me more about that.\n\nClient: Well,") == "Tell me more about that."
+    assert (
+        counselor.clean("Tell me more about that.\n\nClient: Well,") == "Tell me more about that."
+    )
 
 
 def test_clean_folds_whitespace_and_strips_quotes(make_pair: Pair) -> None:
@@ -227,7 +231,13 @@ def test_clean_returns_empty_for_blank_output(make_pair: Pair, raw: str) -> None
 
 
 @pytest.mark.parametrize(
-    "text", ["Goodbye, take care.", "Good-bye for now.", "See you next week.", "Let's stop here for today."]
+    "text",
+    [
+        "Goodbye, take care.",
+        "Good-bye for now.",
+        "See you next week.",
+        "Let's stop here for today.",
+    ],
 )
 def test_counselor_recognises_a_farewell(make_pair: Pair, text: str) -> None:
     counselor, client = make_pair()

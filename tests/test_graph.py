@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from personae.backends import (
     GenerationRequest,
     GenerationResult,
     ScriptedBackend,
-    register_backend,
 )
 from personae.errors import UserError
 from personae.graphs import EMPTY_UTTERANCE, Episode, build_dyadic_graph
@@ -72,10 +72,18 @@ async def test_agents_alternate_starting_with_the_opener(make_pair: Pair) -> Non
     assert episode.history[0].text == "This is client, turn 0."
 
 
-async def test_counselor_opens_with_its_personas_line_and_runs_to_max_turns(make_pair: Pair) -> None:
+async def test_counselor_opens_with_its_personas_line_and_runs_to_max_turns(
+    make_pair: Pair,
+) -> None:
     counselor, client = make_pair()
     episode, state = await _play((counselor, client), ScriptedBackend(), max_turns=5)
-    assert [u.agent for u in episode.history] == ["counselor", "client", "counselor", "client", "counselor"]
+    assert [u.agent for u in episode.history] == [
+        "counselor",
+        "client",
+        "counselor",
+        "client",
+        "counselor",
+    ]
     assert episode.history[0].text == counselor.profile.opening
     assert state == {"turn": 5, "end_reason": "max_turns"}
 
@@ -124,7 +132,10 @@ async def test_empty_output_is_retried_once_with_a_new_seed(make_pair: Pair) -> 
 
     def reply(request: GenerationRequest) -> str:
         requests.append(request)
-        if request.tags["agent"] == "client" and len([r for r in requests if r.tags["agent"] == "client"]) == 1:
+        if (
+            request.tags["agent"] == "client"
+            and len([r for r in requests if r.tags["agent"] == "client"]) == 1
+        ):
             return "  \n "
         return "Okay."
 
@@ -190,7 +201,7 @@ def test_every_generated_turn_has_its_llm_call(
     # the logged prompts are prefix-stable too: each agent's next prompt extends its last one
     for agent in ("counselor", "client"):
         prompts = [c["prompt"] for c in calls if c["agent"] == agent]
-        assert all(b.startswith(a) for a, b in zip(prompts, prompts[1:], strict=False))
+        assert all(b.startswith(a) for a, b in pairwise(prompts))
 
 
 def test_chat_render_logs_messages(write_scenario: Callable[..., Path], tmp_path: Path) -> None:
@@ -223,7 +234,9 @@ def test_scripted_farewell_from_scenario_replies(
     assert turns[-1].agent == "counselor" and turns[-1].text == "Goodbye, take care."
 
 
-def test_stop_when_predicate_through_run(write_scenario: Callable[..., Path], tmp_path: Path) -> None:
+def test_stop_when_predicate_through_run(
+    write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
     db = tmp_path / "stop.db"
     run(write_scenario(), db=db, stop_when=lambda history: len(history) >= 3)
     episode, turns, _ = _only_episode(db)
@@ -239,7 +252,7 @@ def test_empty_output_is_logged_as_placeholder_with_hidden_flag(
     db = tmp_path / "empty.db"
     result = run(path, db=db)
     assert result.complete == 1
-    episode, turns, calls = _only_episode(db)
+    _, turns, calls = _only_episode(db)
     client_turns = [t for t in turns if t.agent == "client"]
     assert len(client_turns) == 3
     for turn in client_turns:
@@ -277,11 +290,15 @@ class _FailFor(Backend):
         return await self.inner.generate(request)
 
 
-@register_backend("unit-fail")
-def _unit_fail(target: str | None, options: dict[str, Any]) -> Backend:
-    return _FailFor(target)
+@pytest.fixture
+def fail_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register the `unit-fail` backend kind for one test only."""
+    from personae.backends import _registry
+
+    monkeypatch.setitem(_registry._FACTORIES, "unit-fail", lambda target, options: _FailFor(target))
 
 
+@pytest.mark.usefixtures("fail_backend")
 def test_failing_episode_is_marked_failed_while_others_complete(
     write_scenario: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -305,6 +322,7 @@ def test_failing_episode_is_marked_failed_while_others_complete(
         assert run_row["status"] == "complete"
 
 
+@pytest.mark.usefixtures("fail_backend")
 def test_transient_backend_error_is_retried_and_recorded(
     write_scenario: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -325,8 +343,11 @@ def test_runs_are_reproducible(write_scenario: Callable[..., Path], tmp_path: Pa
         with RunLog(tmp_path / name) as log:
             dumps.append(
                 [
-                    (e["episode_id"], [(t.agent, t.text) for t in log.turns(e["episode_id"])],
-                     [c["seed"] for c in log.calls(e["episode_id"])])
+                    (
+                        e["episode_id"],
+                        [(t.agent, t.text) for t in log.turns(e["episode_id"])],
+                        [c["seed"] for c in log.calls(e["episode_id"])],
+                    )
                     for e in log.episodes()
                 ]
             )
@@ -366,6 +387,7 @@ def test_rerun_into_the_same_database_keeps_one_clean_copy_of_each_episode(
             assert [t.idx for t in turns] == list(range(6)) == list(range(e["n_turns"]))
 
 
+@pytest.mark.usefixtures("fail_backend")
 def test_rerun_redoes_a_failed_episode_from_scratch(
     write_scenario: Callable[..., Path], tmp_path: Path
 ) -> None:

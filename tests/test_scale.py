@@ -46,6 +46,16 @@ def _turn_log_is_complete(db: Path) -> list[str]:
     return problems
 
 
+def _turn_count(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return int(conn.execute("SELECT count(*) FROM turns").fetchone()[0])
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+
+
 def test_sigkill_at_random_moments_then_resume_loses_and_duplicates_nothing(
     write_scenario: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -53,7 +63,7 @@ def test_sigkill_at_random_moments_then_resume_loses_and_duplicates_nothing(
         base_scenario(
             repeats=40,
             graph={"kind": "dyadic", "opener": "counselor", "max_turns": 8},
-            backend="scripted?latency_s=0.02",
+            backend="scripted?latency_s=0.05",
         )
     )
     db = tmp_path / "killed.db"
@@ -71,9 +81,14 @@ def test_sigkill_at_random_moments_then_resume_loses_and_duplicates_nothing(
     ]
     rng = random.Random(1234)
     kills = 0
-    for _ in range(6):
+    for _ in range(5):
+        before = _turn_count(db)
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(1.0, 3.0))
+        deadline = time.monotonic() + 120
+        # kill only once this process has written turns, so every kill lands mid-run
+        while proc.poll() is None and _turn_count(db) <= before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.6))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1

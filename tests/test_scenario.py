@@ -84,7 +84,9 @@ def test_episode_ids_change_with_the_seed_and_repeats_multiply(
     assert [p.episode_id for p in repeated[:2]] == [p.episode_id for p in base]
 
 
-def test_inline_persona_mapping(write_scenario: Callable[..., Path], client_profile: ClientProfile) -> None:
+def test_inline_persona_mapping(
+    write_scenario: Callable[..., Path], client_profile: ClientProfile
+) -> None:
     inline = client_profile.model_dump(mode="json") | {"id": "ivy_inline", "name": "Ivy Inline"}
     path = write_scenario(
         agents={
@@ -184,7 +186,9 @@ def test_unknown_role_suggests_a_registered_one(write_scenario: Callable[..., Pa
     assert "'counsellor'" in line and "did you mean 'counselor'" in line
 
 
-def test_missing_persona_file_names_the_path(write_scenario: Callable[..., Path], tmp_path: Path) -> None:
+def test_missing_persona_file_names_the_path(
+    write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
     data = base_scenario()
     data["agents"]["client"]["persona"] = "personas/ghost.yaml"
     err = _error(write_scenario(data))

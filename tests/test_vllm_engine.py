@@ -14,11 +14,11 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM not installed: run `make test-vllm`")
 
-import personae  # noqa: E402
-from personae.backends import GenerationRequest, create_backend  # noqa: E402
+from conftest import base_scenario
+from tiny_model import build_tiny_llama
 
-from conftest import base_scenario  # noqa: E402
-from tiny_model import build_tiny_llama  # noqa: E402
+import personae
+from personae.backends import GenerationRequest, create_backend
 
 pytestmark = pytest.mark.vllm
 
@@ -56,8 +56,9 @@ async def test_choices_and_logprobs_on_the_real_engine(model_dir: Path) -> None:
     backend = create_backend(f"vllm:{model_dir}{ENGINE}")
     async with backend:
         result = await backend.generate(
-            GenerationRequest(prompt="Client: yes or no?", choices=("yes", "no"), logprobs=2,
-                              max_tokens=4, seed=1)
+            GenerationRequest(
+                prompt="Client: yes or no?", choices=("yes", "no"), logprobs=2, max_tokens=4, seed=1
+            )
         )
     assert result.text in ("yes", "no")
     assert result.logprobs

@@ -12,6 +12,7 @@ lines as `assistant`).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,6 +96,10 @@ class Agent:
         self.sampling = sampling or Sampling()
         self.render_mode: RenderMode = render_mode
         self.label = label or self.role.replace("_", " ").title()
+
+    @functools.cached_property
+    def _folded_header(self) -> str:
+        return _SPACES.sub(" ", self.system_prompt())
 
     # -- what subclasses specialise -------------------------------------------------------
     def system_prompt(self) -> str:
@@ -182,7 +187,7 @@ class Agent:
             nxt = _SPEAKER_TAG.search(text)
             text = text[: nxt.start()] if nxt else text
         text = _SPACES.sub(" ", text).strip().strip('"').strip()
-        if len(text) > 20 and text in _SPACES.sub(" ", self.system_prompt()):
+        if len(text) > 20 and text in self._folded_header:
             return ""  # the model parroted its private instructions: treat as no output
         sentences = split_sentences(text)
         if truncated and len(sentences) > 1 and not re.search(r"[.!?…][\"')\]]*$", text):

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from personae.errors import UserError
@@ -87,12 +88,20 @@ def show(
         str | None, typer.Argument(help="Episode id (or unique prefix, or list index).")
     ] = None,
     hidden: Annotated[bool, typer.Option(help="Also print hidden per-turn state.")] = False,
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option(metavar="A B", help="Print two episodes (e.g. forks) side by side."),
+    ] = None,
 ) -> None:
-    """List a database's episodes, or print one episode's transcript."""
+    """List a database's episodes, print one episode's transcript, or compare two."""
     from personae.store import RunLog
 
     with RunLog(db) as log:
-        if episode is None:
+        if compare is not None:
+            from personae.cli._replay import compare_episodes
+
+            compare_episodes(log, *compare)
+        elif episode is None:
             _episode_table(log)
         else:
             _transcript(log, episode, hidden)
@@ -151,12 +160,12 @@ def _transcript(log: object, episode: str, hidden: bool) -> None:
     palette: dict[str, str] = {}
     for turn in log.turns(row["episode_id"]):
         colour = palette.setdefault(turn.agent, colours[len(palette) % len(colours)])
-        out.print(f"[bold {colour}]{turn.agent}[/]: {turn.text}")
+        out.print(f"[bold {colour}]{escape(turn.agent)}[/]: {escape(turn.text)}")
         if hidden and turn.hidden:
-            out.print(f"  [dim]hidden: {json.dumps(turn.hidden)}[/]")
+            out.print(f"  [dim]hidden: {escape(json.dumps(turn.hidden))}[/]")
     out.rule(f"{row['status']} ({row['end_reason'] or '-'}), {row['n_turns']} turns")
     if row["error"]:
-        out.print(f"[red]error: {row['error']}[/]")
+        out.print(f"[red]error: {escape(row['error'])}[/]")
 
 
 @app.command()

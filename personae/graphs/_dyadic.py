@@ -51,11 +51,16 @@ def build_dyadic_graph(
         speak.__name__ = f"speak_{name}"
         return speak
 
+    # Routers are coroutines: LangGraph runs plain functions in a thread pool, which costs
+    # more than the routing itself.
     def route(name: str) -> Any:
-        def next_speaker(state: DyadicState) -> str:
+        async def next_speaker(state: DyadicState) -> str:
             return END if state.get("end_reason") else other[name]
 
         return next_speaker
+
+    async def opener(state: DyadicState) -> str:
+        return first if state["turn"] % 2 == 0 else second
 
     builder: StateGraph[DyadicState, Episode, DyadicState, DyadicState] = StateGraph(
         DyadicState, context_schema=Episode
@@ -63,7 +68,5 @@ def build_dyadic_graph(
     for name in (first, second):
         builder.add_node(name, speaker_node(name))
         builder.add_conditional_edges(name, route(name), [other[name], END])
-    builder.add_conditional_edges(
-        START, lambda state: first if state["turn"] % 2 == 0 else second, [first, second]
-    )
+    builder.add_conditional_edges(START, opener, [first, second])
     return builder.compile(name="dyadic")

@@ -26,6 +26,8 @@ from personae.store._cache import ResponseCache, cache_key
 #: Placeholder logged when a model produced nothing usable twice in a row.
 EMPTY_UTTERANCE = "..."
 
+_RETRYABLE = (BackendError, TimeoutError, ConnectionError)
+
 StopPredicate = Callable[[Sequence[Utterance]], bool]
 
 
@@ -75,19 +77,33 @@ class Episode:
         key = cache_key(backend.backend_id, request) if self.cache is not None else ""
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return hit, 0, True
-        attempts = 0
+        try:  # the common case first: one attempt, no retry machinery on the hot path
+            result, attempts = await self._attempt(backend, request), 1
+        except _RETRYABLE:
+            result, attempts = await self._retry(backend, request)
+        if self.cache is not None:
+            self.cache.put(key, backend.backend_id, result)
+        return result, attempts, False
+
+    async def _attempt(self, backend: Backend, request: GenerationRequest) -> GenerationResult:
+        async with asyncio.timeout(self.call_timeout_s):
+            return await backend.generate(request)
+
+    async def _retry(
+        self, backend: Backend, request: GenerationRequest
+    ) -> tuple[GenerationResult, int]:
+        """Attempts 2..`retries` with exponential backoff; the last error propagates."""
+        attempts = 1
         async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self.retries),
+            stop=stop_after_attempt(max(1, self.retries - 1)),
             wait=wait_exponential(multiplier=0.2, max=5),
-            retry=retry_if_exception_type((BackendError, TimeoutError, ConnectionError)),
+            retry=retry_if_exception_type(_RETRYABLE),
             reraise=True,
         ):
             with attempt:
+                await asyncio.sleep(0.1 * attempts)
                 attempts += 1
-                result = await asyncio.wait_for(backend.generate(request), self.call_timeout_s)
-                if self.cache is not None:
-                    self.cache.put(key, backend.backend_id, result)
-                return result, attempts, False
+                return await self._attempt(backend, request), attempts
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def take_turn(self, name: str, turn: int) -> Utterance:

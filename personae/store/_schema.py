@@ -1,8 +1,10 @@
 """The turn-log schema: tables, version check and opening a database safely.
 
 Tables: `meta` (app name and `schema_version`), `runs`, `episodes`, `turns` (append-only; visible
-text in `text`, hidden per-turn state in `hidden_json`) and `llm_calls` (rendered prompt, sampling
-params, seed, raw output, token counts, latency, backend id). Readers refuse databases written by a
+text in `text`, hidden per-turn state in `hidden_json`), `llm_calls` (rendered prompt, sampling
+params, seed, raw output, token counts, latency, backend id) and `interventions` (teaching
+experiments: each decision with its rank, budget state and utility estimates, never shown to the
+student). Readers refuse databases written by a
 newer schema and files that are not personae databases.
 """
 
@@ -53,6 +55,8 @@ _TABLES: dict[str, dict[str, Any]] = {
             "n_turns": int,
             "started_at": str,
             "finished_at": str,
+            "parent_episode_id": str,
+            "fork_turn": int,
         },
         "pk": "episode_id",
         "foreign_keys": [("run_id", "runs", "run_id")],
@@ -97,6 +101,33 @@ _TABLES: dict[str, dict[str, Any]] = {
         "pk": "call_id",
         "foreign_keys": [("episode_id", "episodes", "episode_id")],
     },
+    "interventions": {
+        "columns": {
+            "id": int,
+            "run_id": str,
+            "episode_id": str,
+            "item_id": str,
+            "seed": int,
+            "explanation": str,
+            "function": str,
+            "budget": float,
+            "n_items": int,
+            "budget_items": int,
+            "rank": int,
+            "score": float,
+            "decided": int,
+            "budget_used": int,
+            "c_pre": float,
+            "c_post": float,
+            "utility": float,
+            "teacher_confidence": float,
+            "student_confidence": float,
+            "hindsight": int,
+            "created_at": str,
+        },
+        "pk": "id",
+        "foreign_keys": [("episode_id", "episodes", "episode_id")],
+    },
 }
 
 _TABLES["response_cache"] = {
@@ -128,6 +159,11 @@ def episode_key(scenario: str, condition: dict[str, Any], seed: int, index: int)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def readonly_uri(path: Path) -> str:
+    """A `file:` URI opening `path` read-only (percent-encoded: '#' or '?' in names work)."""
+    return Path(path).resolve().as_uri() + "?mode=ro"
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A connection with WAL, foreign keys and a busy timeout."""
     conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
@@ -154,7 +190,7 @@ def check_database(path: Path) -> None:
             fix="pass the path printed by 'personae run' (default folder: logs/)",
         )
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(readonly_uri(path), uri=True)
         try:
             rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         finally:
@@ -207,6 +243,7 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
         db.table("turns").create_index(["episode_id", "idx"], unique=True, if_not_exists=True)
         db.table("episodes").create_index(["run_id", "idx"], if_not_exists=True)
         db.table("llm_calls").create_index(["episode_id", "turn_idx"], if_not_exists=True)
+        db.table("interventions").create_index(["run_id", "function", "budget"], if_not_exists=True)
         db.conn.executescript(_APPEND_ONLY)
         meta.upsert_all(
             [{"key": "app", "value": APP}, {"key": "schema_version", "value": str(SCHEMA_VERSION)}],
