@@ -75,6 +75,32 @@ class GenerationRequest:
             "logprobs": self.logprobs,
         }
 
+    def openai_body(self) -> dict[str, Any]:
+        """The request as an OpenAI-style `/completions` (prompt) or `/chat/completions`
+        (messages) body: sampling, stop, seed, logprobs; no model or structured-output keys."""
+        body: dict[str, Any] = {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+        }
+        if self.stop:
+            body["stop"] = list(self.stop)
+        if self.seed is not None:
+            body["seed"] = self.seed
+        if self.prompt is not None:
+            body["prompt"] = self.prompt
+            if self.logprobs:
+                body["logprobs"] = self.logprobs
+        else:
+            assert self.messages is not None
+            body["messages"] = [{"role": m.role, "content": m.content} for m in self.messages]
+            if self.logprobs:
+                body["logprobs"] = True
+                body["top_logprobs"] = self.logprobs
+        return body
+
     def rendered(self) -> str:
         """The prompt as text: the prompt itself, or the messages one per block."""
         if self.prompt is not None:

@@ -147,32 +147,11 @@ class EmbeddedBackend(Backend):
                 self._pool = None
 
     def _payload(self, request: GenerationRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "presence_penalty": request.presence_penalty,
-            "frequency_penalty": request.frequency_penalty,
-            "cache_prompt": True,
-        }
-        if request.stop:
-            body["stop"] = list(request.stop)
-        if request.seed is not None:
-            body["seed"] = request.seed
+        body = {**request.openai_body(), "cache_prompt": True}
         if request.choices:
             body["grammar"] = choice_grammar(request.choices)
         elif request.json_schema is not None:
             body["json_schema"] = request.json_schema
-        if request.prompt is not None:
-            body["prompt"] = request.prompt
-            if request.logprobs:
-                body["logprobs"] = request.logprobs
-        else:
-            assert request.messages is not None
-            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
-            if request.logprobs:
-                body["logprobs"] = True
-                body["top_logprobs"] = request.logprobs
         return body
 
     def _call(self, request: GenerationRequest) -> dict[str, Any]:

@@ -206,26 +206,8 @@ class OpenAIBackend(Backend):
         """The JSON body sent for `request` (without routing)."""
         body: dict[str, Any] = {
             "model": self.model,
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "presence_penalty": request.presence_penalty,
-            "frequency_penalty": request.frequency_penalty,
+            **request.openai_body(),
         }
-        if request.stop:
-            body["stop"] = list(request.stop)
-        if request.seed is not None:
-            body["seed"] = request.seed
-        if request.prompt is not None:
-            body["prompt"] = request.prompt
-            if request.logprobs:
-                body["logprobs"] = request.logprobs
-        else:
-            assert request.messages is not None
-            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
-            if request.logprobs:
-                body["logprobs"] = True
-                body["top_logprobs"] = request.logprobs
         body.update(self._structured_fields(request))
         return body
 
