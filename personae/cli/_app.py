@@ -120,19 +120,12 @@ def _episode_table(log: object) -> None:
         table.add_column(col, overflow="fold")
     for i, e in enumerate(episodes):
         cond = json.loads(e["condition_json"] or "{}")
-        values = [
-            str(v)
-            for fields in cond.values()
-            if isinstance(fields, dict)
-            for v in fields.values()
-            if v is not None
-        ]
         status = e["status"]
         colour = {"complete": "green", "failed": "red"}.get(status, "yellow")
         table.add_row(
             str(i),
             e["episode_id"],
-            " · ".join(values),
+            _condition_text(cond),
             f"[{colour}]{status}[/]",
             e["end_reason"] or "",
             str(e["n_turns"] if e["n_turns"] is not None else ""),
@@ -145,17 +138,24 @@ def _episode_table(log: object) -> None:
     )
 
 
+def _condition_text(condition: dict[str, object]) -> str:
+    """An episode's condition as its values, e.g. 'cbt · margaret_grief · upset'."""
+    values: list[str] = []
+    for key, fields in condition.items():
+        if isinstance(fields, dict):
+            values.extend(str(v) for v in fields.values() if v is not None)
+        elif key != "repeat":
+            values.append(f"{key}={fields}")
+    return " · ".join(values)
+
+
 def _transcript(log: object, episode: str, hidden: bool) -> None:
     from personae.store import RunLog
 
     assert isinstance(log, RunLog)
     row = log.episode(episode)
-    cond = " ".join(
-        f"{a}={v.get('persona')}" + (f"({v['style']})" if v.get("style") else "")
-        for a, v in row["condition"].items()
-        if isinstance(v, dict)
-    )
-    out.rule(f"{row['episode_id']}  {row['scenario']}  {cond}")
+    cond = _condition_text(row["condition"])
+    out.rule(escape(f"{row['episode_id']}  {row['scenario']}  {cond}"))
     colours = ["cyan", "magenta", "green", "yellow"]
     palette: dict[str, str] = {}
     for turn in log.turns(row["episode_id"]):
