@@ -38,6 +38,7 @@ from personae.experiments._scoring import (
     score_curves,
     score_multi_turn,
 )
+from personae.experiments._seed_run import RunContext, SeedRun, multi_turn_passes
 from personae.experiments._simulated import SimulatedStudentBackend
 from personae.experiments._spec import (
     TeachingScenario,
@@ -45,7 +46,6 @@ from personae.experiments._spec import (
     load_persona,
     load_teaching_scenario,
 )
-from personae.experiments._teaching import RunContext, SeedRun, multi_turn_passes
 from personae.scenario import resolve_scenario_path
 from personae.store import RunLog, TurnLogWriter, check_database
 from personae.store._schema import connect, ensure_schema
