@@ -139,7 +139,16 @@ class Agent:
             seed: The call's seed.
             tags: Who is asking (episode id, turn, ...); passed through to the backend.
         """
-        common: dict[str, Any] = {
+        common = self.request_options(seed, tags)
+        if self.render_mode == "chat":
+            return GenerationRequest(messages=self.render_messages(history), **common)
+        stops = (*dict.fromkeys(f"\n{label}:" for label in labels), "\n\n")
+        return GenerationRequest(prompt=self.render_transcript(history), stop=stops, **common)
+
+    def request_options(self, seed: int | None, tags: dict[str, Any]) -> dict[str, Any]:
+        """`GenerationRequest` keyword arguments shared by all of this agent's calls: its
+        sampling settings, the seed, and `tags` plus who is asking (agent name and role)."""
+        return {
             "temperature": self.sampling.temperature,
             "top_p": self.sampling.top_p,
             "presence_penalty": self.sampling.presence_penalty,
@@ -148,10 +157,6 @@ class Agent:
             "seed": seed,
             "tags": {**tags, "agent": self.name, "role": self.role},
         }
-        if self.render_mode == "chat":
-            return GenerationRequest(messages=self.render_messages(history), **common)
-        stops = (*dict.fromkeys(f"\n{label}:" for label in labels), "\n\n")
-        return GenerationRequest(prompt=self.render_transcript(history), stop=stops, **common)
 
     def render_transcript(self, history: Sequence[Utterance]) -> str:
         """Screenplay prompt: title, private header, the lines so far, then this agent's tag."""

@@ -203,15 +203,7 @@ class Teacher(_ChoiceAgent):
         ch = letters(len(query.options))
         blocks = [self._explained_block(s) for s in shots if s.answer is not None]
         asked = self._explained_block(Shot(query.question, query.options, target, None))
-        common: dict[str, Any] = {
-            "temperature": self.sampling.temperature,
-            "top_p": self.sampling.top_p,
-            "presence_penalty": self.sampling.presence_penalty,
-            "frequency_penalty": self.sampling.frequency_penalty,
-            "max_tokens": self.sampling.max_tokens,
-            "seed": seed,
-            "tags": {**(tags or {}), "agent": self.name, "role": self.role},
-        }
+        common = self.request_options(seed, tags or {})
         if self.render_mode == "chat":
             user = "\n\n".join(
                 [
