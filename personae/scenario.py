@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import glob
 import itertools
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -102,31 +103,44 @@ def _suggest(key: str, model: type[BaseModel] | None) -> str:
     )
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the last key of `loc` inside a Scenario."""
-    model: type[BaseModel] | None = Scenario
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
+    """The pydantic model that owns the last key of `loc`, walking fields from `root`
+    (through optional fields and mapping values such as `agents.NAME`)."""
+    model: type[BaseModel] | None = root
     parts = list(loc[:-1])
     while parts and model is not None:
-        part = parts.pop(0)
-        if model is Scenario and part == "agents" and parts:
-            parts.pop(0)  # the agent's name
-            model = AgentSpec
-            continue
-        field = model.model_fields.get(str(part))
-        ann = field.annotation if field else None
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        field = model.model_fields.get(str(parts.pop(0)))
+        if field is None:
+            return None
+        ann = field.annotation
+        model = next(
+            (
+                c
+                for c in (ann, *typing.get_args(ann))
+                if isinstance(c, type) and issubclass(c, BaseModel)
+            ),
+            None,
+        )
+        if typing.get_origin(ann) is dict and parts:
+            parts.pop(0)  # the mapping's key, e.g. an agent's name
     return model
 
 
-def validation_error(exc: ValidationError, source: str, root: type[BaseModel]) -> UserError:
-    """The first pydantic error as a one-line `UserError` with key path and suggestion."""
+def validation_error(
+    exc: ValidationError,
+    source: str,
+    root: type[BaseModel],
+    docs: str = "the scenario format in the README",
+) -> UserError:
+    """The first pydantic error (an unknown key first) as a one-line `UserError` with the key
+    path and a suggestion; `docs` names where bad values are explained."""
     errors = exc.errors()
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     path = ".".join(str(p) for p in loc) or "(top level)"
     more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
     if err["type"] == "extra_forbidden":
-        model = _model_at(loc) if root is Scenario else root
+        model = _model_at(loc, root)
         return UserError(
             f"unknown key {path!r}{more}", where=source, fix=_suggest(str(loc[-1]), model)
         )
@@ -135,7 +149,7 @@ def validation_error(exc: ValidationError, source: str, root: type[BaseModel]) -
     return UserError(
         f"bad value for {path!r}: {err['msg']}{more}",
         where=source,
-        fix="see the scenario format in the README",
+        fix=f"see {docs}",
     )
 
 

@@ -91,6 +91,29 @@ class _ChoiceAgent(Agent):
         description = str(getattr(self.persona, "description", "") or "").strip()
         return f"{self.transcript_title}\n{description}".strip()
 
+    def answer_request(
+        self,
+        shots: Sequence[Shot],
+        query: Shot,
+        *,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        tags: dict[str, Any] | None = None,
+        logprobs: int = 20,
+    ) -> GenerationRequest:
+        """The request for this agent's own answer to `query` (for the student, the query's
+        explanation, if any, is the teacher's intervention)."""
+        return self._choice_request(
+            shots,
+            query,
+            answer_label="Answer:",
+            instruction="Reply with the letter of the correct option only.",
+            temperature=temperature,
+            seed=seed,
+            tags=tags or {},
+            logprobs=logprobs,
+        )
+
     def _choice_request(
         self,
         shots: Sequence[Shot],
@@ -131,29 +154,6 @@ class Student(_ChoiceAgent):
     persona_model: ClassVar[type[BaseModel]] = StudentPersona
     transcript_title = "A student answers multiple-choice questions."
 
-    def answer_request(
-        self,
-        shots: Sequence[Shot],
-        query: Shot,
-        *,
-        temperature: float = 0.0,
-        seed: int | None = None,
-        tags: dict[str, Any] | None = None,
-        logprobs: int = 20,
-    ) -> GenerationRequest:
-        """The request for the student's answer to `query` (whose explanation, if any, is the
-        teacher's intervention)."""
-        return self._choice_request(
-            shots,
-            query,
-            answer_label="Answer:",
-            instruction="Reply with the letter of the correct option only.",
-            temperature=temperature,
-            seed=seed,
-            tags=tags or {},
-            logprobs=logprobs,
-        )
-
 
 @register_role("teacher")
 class Teacher(_ChoiceAgent):
@@ -162,28 +162,6 @@ class Teacher(_ChoiceAgent):
 
     persona_model: ClassVar[type[BaseModel]] = TeacherPersona
     transcript_title = "A teacher answers and explains multiple-choice questions."
-
-    def answer_request(
-        self,
-        shots: Sequence[Shot],
-        query: Shot,
-        *,
-        temperature: float = 0.0,
-        seed: int | None = None,
-        tags: dict[str, Any] | None = None,
-        logprobs: int = 20,
-    ) -> GenerationRequest:
-        """The request for the teacher's own answer to `query`."""
-        return self._choice_request(
-            shots,
-            query,
-            answer_label="Answer:",
-            instruction="Reply with the letter of the correct option only.",
-            temperature=temperature,
-            seed=seed,
-            tags=tags or {},
-            logprobs=logprobs,
-        )
 
     def explain_request(
         self,

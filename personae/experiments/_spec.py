@@ -9,8 +9,6 @@ missing or malformed dataset files, a demonstration pool too small — is checke
 
 from __future__ import annotations
 
-import difflib
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,7 +19,7 @@ from personae.errors import UserError
 from personae.experiments._data import Item, load_items
 from personae.experiments._generated import generated_items
 from personae.experiments._interventions import get_intervention
-from personae.scenario import _read_yaml
+from personae.scenario import _read_yaml, validation_error
 
 Style = Literal["unpersonalized", "personalized"]
 Budget = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -140,38 +138,8 @@ class TeachingScenario(_Spec):
         return [*self.explanations, *(["misaligned"] if self.misaligned else [])]
 
 
-# -- validation messages ---------------------------------------------------------------------
-
-
-def _submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
-    field = model.model_fields.get(key)
-    if field is None:
-        return None
-    for candidate in (field.annotation, *typing.get_args(field.annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
-def _spec_error(exc: ValidationError, source: str) -> UserError:
-    err = exc.errors()[0]
-    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-    path = ".".join(str(p) for p in loc) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        model: type[BaseModel] | None = TeachingScenario
-        for part in loc[:-1]:
-            model = _submodel(model, str(part)) if model else None
-        fields = list(model.model_fields) if model else []
-        close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
-        fix = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(fields)}"
-        return UserError(f"unknown key {path!r}", where=source, fix=fix)
-    if err["type"] == "missing":
-        return UserError(f"missing required key {path!r}", where=source, fix="add it")
-    return UserError(
-        f"bad value for {path!r}: {err['msg']}",
-        where=source,
-        fix="see the teacher-student section of the README",
-    )
+#: Where bad values in a teaching scenario are explained.
+TEACHING_DOCS = "the teacher-student section of the README"
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -186,7 +154,7 @@ def load_teaching_scenario(path: str | Path) -> TeachingScenario:
     try:
         scenario = TeachingScenario.model_validate(data)
     except ValidationError as exc:
-        raise _spec_error(exc, str(path)) from None
+        raise validation_error(exc, str(path), TeachingScenario, TEACHING_DOCS) from None
     scenario.base_dir = path.resolve().parent
     check_scenario(scenario, str(path))
     return scenario
