@@ -1,30 +1,42 @@
 """Scenario files: a YAML spec validated by pydantic, expanded into a plan of episodes.
 
-A scenario names the graph and its options, the agents (role, persona file or inline mapping,
-sampling, optional backend), the default backend, the seed, repeats and an optional persona grid:
-a mapping from `AGENT.persona` (a list of files or a glob) or `AGENT.FIELD` (values of a persona
-field) to lists of values; every combination is one condition. Everything — YAML syntax, unknown
-keys, unknown roles, missing persona files, persona fields — is checked by `load_scenario` and
-`plan_episodes` before any engine starts, and every problem is a one-line `UserError` naming the
-file and key path.
+A scenario names the graph kind and its options, the agents (role, persona file or inline
+mapping, sampling, optional backend, audience, context window, or — for judges — whom they
+observe), the default backend, the seed, repeats and an optional persona grid: a mapping from
+`AGENT.persona` (a list of files or a glob) or `AGENT.FIELD` (values of a persona field) to lists
+of values; every combination is one condition. `imports:` lists Python files or modules with the
+scenario's own roles, graph kinds, turn policies or judges. Everything — YAML syntax, unknown
+keys, unknown roles, graph kinds and policies, audiences and topologies naming missing agents,
+missing persona files, persona fields — is checked by `load_scenario` and `plan_episodes` before
+any engine starts, and every problem is a one-line `UserError` naming the file and key path.
 """
 
 from __future__ import annotations
 
-import difflib
 import glob
 import itertools
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    StrictInt,
+    ValidationError,
+)
 
 from personae.agents import Sampling, get_role
 from personae.errors import UserError
+from personae.graphs import Cast, GraphKind, GraphOptions, get_graph
+from personae.judges import JudgeAgent
+from personae.plugins import load_imports
 from personae.store import episode_key
+from personae.validation import validate_persona, validation_error
 
 
 class _Spec(BaseModel):
@@ -40,16 +52,22 @@ class AgentSpec(_Spec):
     )
     sampling: Sampling = Field(default_factory=Sampling)
     backend: str | None = Field(None, description="Backend spec; default: the scenario's.")
-    label: str | None = Field(None, description="Speaker tag in transcripts.")
-
-
-class GraphSpec(_Spec):
-    """Which interaction graph runs the episode, and its options."""
-
-    kind: Literal["dyadic"] = "dyadic"
-    max_turns: int = Field(12, ge=1, le=1000)
-    opener: str | None = Field(None, description="Agent that speaks first (default: the first).")
-    end_on_farewell: bool = True
+    label: str | None = Field(None, description="Speaker tag (default: from the agent's name).")
+    audience: list[str] | None = Field(
+        None, description="Who hears this agent's lines besides itself (default: everyone)."
+    )
+    window: StrictInt | None = Field(
+        None, ge=1, description="See only the last N lines it may see (default: all)."
+    )
+    observes: list[str] | Literal["all"] | None = Field(
+        None, description="A judge: the agents whose lines it rates ('all': every speaker)."
+    )
+    when: Literal["turn", "end"] = Field(
+        "turn", description="A judge rates after each watched line, or once at the end."
+    )
+    route_to: list[str] | None = Field(
+        None, description="A judge's verdicts go to these agents as a private line."
+    )
 
 
 class Scenario(_Spec):
@@ -57,15 +75,18 @@ class Scenario(_Spec):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    graph: GraphSpec = Field(default_factory=GraphSpec)
+    imports: list[str] = Field(
+        default_factory=list, description="Python files (relative to this file) or modules."
+    )
+    graph: SerializeAsAny[GraphOptions] = Field(default_factory=lambda: GraphOptions(kind="dyadic"))
     backend: str = "embedded"
     backend_options: dict[str, Any] = Field(default_factory=dict)
     render: Literal["transcript", "chat"] | None = Field(
         None, description="Prompt rendering for every agent (default: the backend's)."
     )
     seed: int = 0
-    repeats: int = Field(1, ge=1)
-    episodes: int | None = Field(None, ge=1, description="Cap on the number of episodes run.")
+    repeats: StrictInt = Field(1, ge=1)
+    episodes: StrictInt | None = Field(None, ge=1, description="Cap on the number of episodes run.")
     agents: dict[str, AgentSpec] = Field(min_length=1)
     grid: dict[str, str | list[Any]] = Field(default_factory=dict)
 
@@ -73,84 +94,69 @@ class Scenario(_Spec):
     base_dir: Path = Field(default=Path("."), exclude=True)
     #: The scenario file, for error messages (not part of the file).
     source: str = Field(default="scenario", exclude=True)
+    _kind: GraphKind | None = PrivateAttr(None)
 
-    @field_validator("graph", mode="before")
-    @classmethod
-    def _graph_shorthand(cls, value: Any) -> Any:
-        return {"kind": value} if isinstance(value, str) else value
+    def cast(self) -> Cast:
+        """The agents by part: who takes turns and who observes."""
+        speakers = tuple(n for n, a in self.agents.items() if a.observes is None)
+        observers = tuple(n for n, a in self.agents.items() if a.observes is not None)
+        return Cast(
+            speakers=speakers,
+            observers=observers,
+            roles={n: a.role for n, a in self.agents.items()},
+            labels={n: agent_label(n, a) for n, a in self.agents.items()},
+            source=self.source,
+        )
+
+    def graph_kind(self) -> GraphKind:
+        """The graph kind for this scenario, built and checked once."""
+        if self._kind is None:
+            cls = get_graph(self.graph.kind, where=f"{self.source}: graph.kind")
+            self._kind = cls(self.graph, self.cast())
+        return self._kind
+
+    def watched(self, name: str) -> frozenset[str]:
+        """The agents judge `name` observes."""
+        observes = self.agents[name].observes
+        if observes == "all":
+            return frozenset(self.cast().speakers)
+        return frozenset(observes or ())
+
+
+def agent_label(name: str, spec: AgentSpec) -> str:
+    """The speaker tag of agent `name` (its `label`, else from its name)."""
+    from personae.agents._base import default_label
+
+    return spec.label or default_label(name)
 
 
 @dataclass(frozen=True)
 class EpisodePlan:
-    """One episode to run: its stable id, condition and fully validated personas."""
+    """One episode to run: its stable id, condition and fully validated personas.
+
+    Attributes:
+        index: Position in the run's plan.
+        repeat: Which repeat of its condition.
+        episode_id: Stable id from (scenario, condition, seed, repeat).
+        condition: The grid values (and anything else that tells episodes apart).
+        personas: Validated personas by agent name.
+        stage: Episodes of a stage start only when every earlier stage is done.
+        seed: The seed its call seeds derive from.
+        lineage: The episode it descends from (a fork's root), whose random draws it shares;
+            None: itself.
+    """
 
     index: int
     repeat: int
     episode_id: str
     condition: dict[str, Any]
     personas: dict[str, BaseModel]
+    stage: int = 0
+    seed: int = 0
+    lineage: str | None = None
 
 
 # -- loading --------------------------------------------------------------------------------
-
-
-def _suggest(key: str, model: type[BaseModel] | None) -> str:
-    if model is None:
-        return "remove it"
-    close = difflib.get_close_matches(key, list(model.model_fields), n=1)
-    return (
-        f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(model.model_fields)}"
-    )
-
-
-def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
-    """The pydantic model that owns the last key of `loc`, walking fields from `root`
-    (through optional fields and mapping values such as `agents.NAME`)."""
-    model: type[BaseModel] | None = root
-    parts = list(loc[:-1])
-    while parts and model is not None:
-        field = model.model_fields.get(str(parts.pop(0)))
-        if field is None:
-            return None
-        ann = field.annotation
-        model = next(
-            (
-                c
-                for c in (ann, *typing.get_args(ann))
-                if isinstance(c, type) and issubclass(c, BaseModel)
-            ),
-            None,
-        )
-        if typing.get_origin(ann) is dict and parts:
-            parts.pop(0)  # the mapping's key, e.g. an agent's name
-    return model
-
-
-def validation_error(
-    exc: ValidationError,
-    source: str,
-    root: type[BaseModel],
-    docs: str = "the scenario format in the README",
-) -> UserError:
-    """The first pydantic error (an unknown key first) as a one-line `UserError` with the key
-    path and a suggestion; `docs` names where bad values are explained."""
-    errors = exc.errors()
-    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    path = ".".join(str(p) for p in loc) or "(top level)"
-    more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
-    if err["type"] == "extra_forbidden":
-        model = _model_at(loc, root)
-        return UserError(
-            f"unknown key {path!r}{more}", where=source, fix=_suggest(str(loc[-1]), model)
-        )
-    if err["type"] == "missing":
-        return UserError(f"missing required key {path!r}{more}", where=source, fix="add it")
-    return UserError(
-        f"bad value for {path!r}: {err['msg']}{more}",
-        where=source,
-        fix=f"see {docs}",
-    )
 
 
 def _read_yaml(path: Path, what: str) -> Any:
@@ -167,8 +173,13 @@ def _read_yaml(path: Path, what: str) -> Any:
         ) from None
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file (raises `UserError`)."""
+def load_scenario(path: str | Path, *, imports: list[str] | None = None) -> Scenario:
+    """Read and validate a scenario file (raises `UserError`).
+
+    Args:
+        path: The YAML file.
+        imports: Extra modules or files to import first (the CLI's `--import`).
+    """
     path = Path(path)
     data = _read_yaml(path, "scenario file")
     if not isinstance(data, dict):
@@ -181,27 +192,137 @@ def load_scenario(path: str | Path) -> Scenario:
             where=str(path),
             fix=f"run it with 'personae experiment teaching {path}'",
         )
+    load_imports(imports or ())
+    return parse_scenario(data, source=str(path), base_dir=path.resolve().parent)
+
+
+def parse_scenario(
+    data: dict[str, Any], *, source: str, base_dir: Path, import_code: bool = True
+) -> Scenario:
+    """Validate a scenario mapping (a file's contents, or a stored `spec_json`).
+
+    Imports its `imports:` (relative to `base_dir`; with `import_code=False`, as for a spec
+    read from a database, nothing is imported and a missing role says which imports the run
+    had), validates the graph options with the graph kind's own model, and checks every
+    cross-reference (raises `UserError`).
+    """
+    data = dict(data)
+    imports = data.get("imports") or []
+    if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+        raise UserError(
+            "imports must be a list of Python files or module names",
+            where=f"{source}: imports",
+            fix="e.g. imports: [roles.py]",
+        )
+    if import_code:
+        load_imports(imports, base_dir=base_dir, where=f"{source}: imports")
+        return _parse(data, source, base_dir)
+    try:
+        return _parse(data, source, base_dir)
+    except UserError as exc:
+        if not imports or "unknown" not in exc.what:
+            raise
+        raise UserError(
+            exc.what,
+            where=exc.where,
+            fix=f"this run imported {', '.join(imports)} (from {base_dir}); pass them again "
+            "with --import (code named in a database is never imported by itself)",
+        ) from None
+
+
+def _parse(data: dict[str, Any], source: str, base_dir: Path) -> Scenario:
+    graph = data.pop("graph", "dyadic")
+    if isinstance(graph, str):
+        graph = {"kind": graph}
+    if not isinstance(graph, dict) or not isinstance(graph.get("kind", "dyadic"), str):
+        raise UserError(
+            "graph must be a graph kind name or a mapping with a 'kind'",
+            where=f"{source}: graph",
+            fix="e.g. graph: {kind: group, max_turns: 12}",
+        )
+    graph = {"kind": "dyadic", **graph}
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc, str(path), Scenario) from None
-    scenario.base_dir = path.resolve().parent
-    scenario.source = str(path)
-    for name, agent in scenario.agents.items():
-        get_role(agent.role, where=f"{path}: agents.{name}.role")
-    if scenario.graph.opener and scenario.graph.opener not in scenario.agents:
-        raise UserError(
-            f"opener {scenario.graph.opener!r} is not an agent",
-            where=f"{path}: graph.opener",
-            fix=f"use one of: {', '.join(scenario.agents)}",
-        )
-    if scenario.graph.kind == "dyadic" and len(scenario.agents) != 2:
-        raise UserError(
-            f"the dyadic graph needs exactly 2 agents, got {len(scenario.agents)}",
-            where=f"{path}: agents",
-            fix="define two agents",
-        )
+        raise validation_error(exc, source, Scenario) from None
+    kind = get_graph(graph["kind"], where=f"{source}: graph.kind")
+    try:
+        scenario.graph = kind.options_model.model_validate(graph)
+    except ValidationError as exc:
+        raise validation_error(exc, source, kind.options_model, prefix="graph") from None
+    scenario.base_dir = base_dir
+    scenario.source = source
+    _check_agents(scenario)
+    scenario.graph_kind()
     return scenario
+
+
+def _check_agents(scenario: Scenario) -> None:
+    """Roles, audiences, observers and labels (raises `UserError`)."""
+    source = scenario.source
+    names = list(scenario.agents)
+    labels: dict[str, str] = {}
+    for name, agent in scenario.agents.items():
+        where = f"{source}: agents.{name}"
+        cls = get_role(agent.role, where=f"{where}.role")
+        for key in ("audience", "route_to"):
+            for other in getattr(agent, key) or ():
+                if other not in scenario.agents:
+                    raise UserError(
+                        f"{key} names an unknown agent {other!r}",
+                        where=f"{where}.{key}",
+                        fix=f"agents: {', '.join(names)}",
+                    )
+        is_judge = issubclass(cls, JudgeAgent)
+        if agent.observes is None:
+            if is_judge:
+                raise UserError(
+                    f"agent {name!r} has the judge role {agent.role!r} but observes nobody",
+                    where=f"{where}.observes",
+                    fix="add observes: [AGENT, ...] (or 'all')",
+                )
+            if agent.route_to is not None:
+                raise UserError(
+                    "route_to only applies to judges",
+                    where=f"{where}.route_to",
+                    fix="remove it, or make the agent an observer",
+                )
+        else:
+            if not is_judge:
+                raise UserError(
+                    f"agent {name!r} observes others but its role {agent.role!r} is not a judge",
+                    where=f"{where}.role",
+                    fix="use role 'judge' (or a role registered with @register_judge)",
+                )
+            watched = scenario.watched(name)
+            if not watched:
+                raise UserError(
+                    f"judge {name!r} observes nobody",
+                    where=f"{where}.observes",
+                    fix="list the agents it rates, e.g. observes: [helper]",
+                )
+            for other in watched:
+                if other not in scenario.agents or other == name:
+                    raise UserError(
+                        f"observes names {'itself' if other == name else repr(other)}, "
+                        "which is not another agent",
+                        where=f"{where}.observes",
+                        fix=f"agents: {', '.join(n for n in names if n != name)}",
+                    )
+                if scenario.agents[other].observes is not None:
+                    raise UserError(
+                        f"judge {name!r} observes {other!r}, another judge",
+                        where=f"{where}.observes",
+                        fix="judges rate agents that take turns",
+                    )
+        label = agent_label(name, agent)
+        if label in labels:
+            raise UserError(
+                f"agents {labels[label]!r} and {name!r} have the same speaker tag {label!r}",
+                where=f"{where}.label",
+                fix="give one of them another label",
+            )
+        labels[label] = name
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -232,12 +353,12 @@ def _load_persona(
             raise UserError("a persona file must be a YAML mapping", where=source)
     data.update(overrides)
     try:
-        return role_cls.persona_model.model_validate(data)
+        role_cls.persona_model.model_validate(data)
     except ValidationError as exc:
         field = str(exc.errors()[0]["loc"][0]) if exc.errors()[0]["loc"] else ""
         if field in overrides:  # the bad value came from the grid: point there
             source = f"{scenario.source}: grid.{agent}.{field}"
-        raise validation_error(exc, source, role_cls.persona_model) from None
+    return validate_persona(role_cls.persona_model, data, source)
 
 
 def _grid_axes(scenario: Scenario) -> list[tuple[str, str, list[Any]]]:
@@ -312,6 +433,7 @@ def plan_episodes(scenario: Scenario, *, limit: int | None = None) -> list[Episo
                     episode_id=episode_key(scenario.name, condition, scenario.seed, repeat),
                     condition=condition,
                     personas=personas,
+                    seed=scenario.seed,
                 )
             )
     return plans

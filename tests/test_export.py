@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from personae.agents import Client, Counselor
 from personae.backends import ScriptedBackend, register_backend
 from personae.cli import app, main
 from personae.export import EpisodeFilter, dpo_pairs, sft_conversations, turn_rows
+from personae.judges import JudgeAgent, register_judge
 from personae.replay import fork_episode
 
 PERSONAE = Path(sys.executable).parent / "personae"
@@ -36,6 +38,28 @@ SECRET_COUNSELOR = "SECRET-counselor-plan"
 @register_backend("tests-temperature")
 def _temperature_backend(target: str | None, options: dict[str, Any]) -> ScriptedBackend:
     return ScriptedBackend(lambda r: f"Reply at temperature {r.temperature}.")
+
+
+@register_judge("tests-temperature-judge")
+class TemperatureJudge(JudgeAgent):
+    """A stand-in judge with no model: a line scores ten times the temperature it names."""
+
+    def evaluate(self, history: Any, target: Any) -> dict[str, Any] | None:
+        found = re.search(r"temperature ([0-9]+(?:\.[0-9]+)?)", target.text if target else "")
+        return (
+            {"rationale": "read off the line", "warmth": round(10 * float(found[1]))}
+            if found
+            else None
+        )
+
+
+TEMPERATURE_RATER = {
+    "role": "tests-temperature-judge",
+    "observes": ["client"],
+    "persona": {
+        "rubric": {"id": "warmth", "dimensions": [{"name": "warmth", "scale": [0, 20]}]},
+    },
+}
 
 
 def _run(write: WriteScenario, tmp_path: Path, **overrides: Any) -> Path:
@@ -147,13 +171,12 @@ def test_sft_filters_by_condition_scenario_and_status(secret_run: Path) -> None:
 # -- DPO ---------------------------------------------------------------------------------------
 
 
-def test_dpo_pairs_from_scored_sibling_forks(
-    write_scenario: WriteScenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # a stand-in judge: each client line is scored with the temperature it was sampled at
-    monkeypatch.setattr(Client, "hidden_state", lambda self: {"score": self.sampling.temperature})
+def test_dpo_pairs_from_scored_sibling_forks(write_scenario: WriteScenario, tmp_path: Path) -> None:
+    # a judge scores each client line (ten times the temperature it was sampled at) into the
+    # judgments table; DPO reads the scores from there
     agents = base_scenario()["agents"]
     agents["counselor"]["sampling"] = {"temperature": 0.7}
+    agents["rater"] = TEMPERATURE_RATER
     db = _run(write_scenario, tmp_path, backend="tests-temperature", agents=agents)
     with RunLog(db) as log:
         (parent,) = [e["episode_id"] for e in log.episodes()]
@@ -164,7 +187,7 @@ def test_dpo_pairs_from_scored_sibling_forks(
     best = result.pairs[0]
     assert best["chosen"] == [{"role": "assistant", "content": "Reply at temperature 1.5."}]
     assert best["rejected"] == [{"role": "assistant", "content": "Reply at temperature 0.8."}]
-    assert (best["score_chosen"], best["score_rejected"]) == (1.5, 0.8)
+    assert (best["score_chosen"], best["score_rejected"]) == (15.0, 8.0)
     assert best["parent_episode_id"] == parent and best["fork_turn"] == 3
     prompt = best["prompt"]
     assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user"]
@@ -172,7 +195,12 @@ def test_dpo_pairs_from_scored_sibling_forks(
     assert prompt[-1]["content"] == "Reply at temperature 0.7."  # the counselor's turn 2
     assert "score" not in json.dumps(prompt)
     pairs = {(p["score_chosen"], p["score_rejected"]) for p in result.pairs}
-    assert pairs == {(1.5, 0.8), (1.5, 0.2), (0.8, 0.2)}
+    assert pairs == {(15.0, 8.0), (15.0, 2.0), (8.0, 2.0)}
+    # the scores are judgments of the line at the fork turn, in their own table
+    with RunLog(db) as log:
+        judged = [j for j in log.judgments() if j["turn_idx"] == 3]
+    assert sorted(j["score"] for j in judged) == [2.0, 8.0, 15.0]
+    assert all(j["rubric"] == "warmth" and j["valid"] for j in judged)
     # the counselor did not speak at the fork turn: no pairs for that role
     assert dpo_pairs(db, "counselor").pairs == []
 

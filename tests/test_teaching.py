@@ -507,33 +507,33 @@ async def test_every_step_is_logged_and_every_decision_recorded(tmp_path: Path) 
     summary = json.loads(runrow["summary_json"])
     assert [c["function"] for c in summary["curves"]] == ["random", "true_utility"]
     episodes = db_rows(db, "SELECT * FROM episodes ORDER BY idx")
-    assert [e["idx"] for e in episodes] == list(range(2 * (2 + 8)))
+    # per seed: 2 observations, then every item assessed, then every item taught
+    assert [e["idx"] for e in episodes] == list(range(2 * (2 + 8 + 8)))
+    assert [e["stage"] for e in episodes[:18]] == [0] * 2 + [1] * 8 + [2] * 8
     assert {e["status"] for e in episodes} == {"complete"}
-    item_episode = next(e for e in episodes if '"kind": "item"' in e["condition_json"])
-    steps = [
-        json.loads(t["hidden_json"])["step"]
-        for t in db_rows(
+
+    def steps_of(kind: str) -> tuple[str, list[str]]:
+        episode = next(e for e in episodes if f'"kind": "{kind}"' in e["condition_json"])
+        rows = db_rows(
+            db, "SELECT hidden_json FROM turns WHERE episode_id = ? ORDER BY idx",
+            episode["episode_id"],
+        )  # fmt: skip
+        return episode["episode_id"], [json.loads(t["hidden_json"])["step"] for t in rows]
+
+    assess_id, assess = steps_of("assess")
+    teach_id, teach = steps_of("teach")
+    assert assess == ["student_pre", "teacher_answer", "draft", "simulate_pre", "simulate_post"]
+    assert teach == ["decide", "explain", "student_post"]
+    for episode_id, n in ((assess_id, 5), (teach_id, 1)):
+        calls = db_rows(
             db,
-            "SELECT hidden_json FROM turns WHERE episode_id = ? ORDER BY idx",
-            item_episode["episode_id"],
+            "SELECT t.call_id FROM turns t JOIN llm_calls c USING (call_id) WHERE t.episode_id = ?",
+            episode_id,
         )
-    ]
-    assert steps == [
-        "student_pre",
-        "teacher_answer",
-        "draft",
-        "simulate_pre",
-        "simulate_post",
-        "decide",
-        "explain",
-        "student_post",
-    ]
-    calls = db_rows(
-        db,
-        "SELECT t.call_id FROM turns t JOIN llm_calls c USING (call_id) WHERE t.episode_id = ?",
-        item_episode["episode_id"],
-    )
-    assert len(calls) == 6  # every model step has its call logged
+        assert len(calls) == n  # every model step has its call logged
+    # the teacher's private steps are heard by the teacher alone
+    private = db_rows(db, "SELECT audience_json FROM turns WHERE text LIKE '[%'")
+    assert private and {r["audience_json"] for r in private} == {'["teacher"]'}
     rows = db_rows(db, "SELECT * FROM interventions")
     assert len(rows) == 2 * 8 * 2 * 3  # seeds x items x functions x budgets
     assert {r["hindsight"] for r in rows if r["function"] == "true_utility"} == {1}
@@ -654,13 +654,17 @@ async def test_a_failing_item_does_not_stop_or_block_the_run(tmp_path: Path) -> 
     assert all(not math.isnan(a) for c in result.curves for a in c.accuracy)
 
 
-async def test_rerunning_into_the_same_database_is_refused(tmp_path: Path) -> None:
-    spec = scenario(data={"items": 3, "observe": 0})
-    await run(tmp_path, spec, SimulatedStudentBackend())
-    before = db_rows(tmp_path / "run.db", "SELECT count(*) AS n FROM runs")[0]["n"]
-    with pytest.raises(UserError, match="already holds this teaching experiment"):
-        await run(tmp_path, spec, SimulatedStudentBackend())
-    assert db_rows(tmp_path / "run.db", "SELECT count(*) AS n FROM runs")[0]["n"] == before
+async def test_rerunning_into_the_same_database_resumes_and_gives_the_same_tables(
+    tmp_path: Path,
+) -> None:
+    spec = scenario(data={"items": 6, "observe": 2}, student={"demos": 1})
+    first = await run(tmp_path, spec, SimulatedStudentBackend(p_pre=0.4, p_post=0.9))
+    sim = SimulatedStudentBackend(p_pre=0.4, p_post=0.9)
+    again = await run(tmp_path, spec, sim)
+    assert sim.requests == []  # every episode was complete: nothing ran again
+    assert [c.accuracy for c in again.curves] == [c.accuracy for c in first.curves]
+    runs = db_rows(tmp_path / "run.db", "SELECT status FROM runs")
+    assert [r["status"] for r in runs] == ["complete", "complete"]
 
 
 # -- scenario files and the CLI --------------------------------------------------------------

@@ -8,6 +8,11 @@ so the prompt at turn t+1 extends the prompt at turn t and engines reuse their p
 Two render modes: `transcript` (base models: a screenplay ending in this agent's speaker tag, with
 stop strings at every speaker tag) and `chat` (instruct models: system + alternating messages, own
 lines as `assistant`).
+
+What an agent may see is decided in one place, `Utterance.visible_to` (through `Agent.view`):
+every line has an audience (everyone, or named agents), and an agent's prompt — in both render
+modes, live, in training exports and in replays — holds only the lines whose audience includes
+it, cut to its context window.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,13 +59,52 @@ class Sampling(BaseModel):
     max_tokens: int = Field(120, ge=1, le=8192)
 
 
+#: Kinds of logged lines: a spoken `line`, a fixed `seed` line from the scenario (no model call),
+#: a `pass` (an abstention: shown to nobody), a judge's `feedback` routed to named agents.
+LineKind = Literal["line", "seed", "pass", "feedback"]
+
+
 @dataclass(frozen=True, slots=True)
 class Utterance:
-    """A line of the conversation as the graph hands it to agents."""
+    """A line of the conversation as the graph hands it to agents.
+
+    Attributes:
+        agent: Who said it (agent name).
+        label: The speaker tag shown in prompts.
+        text: The visible text.
+        audience: Agents who hear it besides the speaker; None: everyone.
+        kind: See `LineKind`.
+    """
 
     agent: str
     label: str
     text: str
+    audience: tuple[str, ...] | None = None
+    kind: LineKind = "line"
+
+    def visible_to(self, name: str) -> bool:
+        """Whether agent `name` may see this line (the one audience rule of personae)."""
+        if self.kind == "pass":
+            return False
+        return self.audience is None or name == self.agent or name in self.audience
+
+    @property
+    def private(self) -> bool:
+        """True when only named agents hear it."""
+        return self.audience is not None
+
+
+def visible_history(
+    history: Sequence[Utterance], name: str, window: int | None = None
+) -> list[Utterance]:
+    """The lines of `history` agent `name` may see, the last `window` of them when set."""
+    seen = [u for u in history if u.visible_to(name)]
+    return seen[-window:] if window else seen
+
+
+def default_label(name: str) -> str:
+    """The speaker tag an agent gets from its name: `buyer_advisor` -> `Buyer Advisor`."""
+    return name.replace("_", " ").replace("-", " ").title()
 
 
 class Agent:
@@ -74,7 +118,10 @@ class Agent:
         persona: A validated instance of `persona_model`.
         sampling: Sampling settings.
         render_mode: "transcript" or "chat".
-        label: The speaker tag shown in transcripts (default: the role, capitalised).
+        label: The speaker tag shown in transcripts (default: the agent's name, capitalised).
+        window: See only the last `window` visible lines (None: the whole history).
+        multi_party: More than two agents talk: chat prompts name the speaker of every line.
+        audience: Who hears this agent's lines besides itself (None: everyone).
     """
 
     role: ClassVar[str] = "agent"
@@ -90,12 +137,18 @@ class Agent:
         sampling: Sampling | None = None,
         render_mode: RenderMode = "transcript",
         label: str | None = None,
+        window: int | None = None,
+        multi_party: bool = False,
+        audience: Sequence[str] | None = None,
     ) -> None:
         self.name = name
         self.persona = persona
         self.sampling = sampling or Sampling()
         self.render_mode: RenderMode = render_mode
-        self.label = label or self.role.replace("_", " ").title()
+        self.label = label or default_label(name)
+        self.window = window
+        self.multi_party = multi_party
+        self.audience: tuple[str, ...] | None = tuple(audience) if audience is not None else None
 
     @functools.cached_property
     def _folded_header(self) -> str:
@@ -123,6 +176,10 @@ class Agent:
         return {}
 
     # -- rendering -------------------------------------------------------------------------
+    def view(self, history: Sequence[Utterance]) -> list[Utterance]:
+        """The lines of `history` this agent sees: its audience, within its window."""
+        return visible_history(history, self.name, self.window)
+
     def request(
         self,
         history: Sequence[Utterance],
@@ -134,16 +191,21 @@ class Agent:
         """The request for this agent's next line, given the conversation so far.
 
         Args:
-            history: Every line so far, in order.
+            history: Every line so far, in order (the agent's `view` of it is rendered).
             labels: Speaker tags of every participant (for stop strings).
             seed: The call's seed.
             tags: Who is asking (episode id, turn, ...); passed through to the backend.
         """
         common = self.request_options(seed, tags)
+        seen = self.view(history)
         if self.render_mode == "chat":
-            return GenerationRequest(messages=self.render_messages(history), **common)
+            return GenerationRequest(messages=self.render_messages(seen), **common)
         stops = (*dict.fromkeys(f"\n{label}:" for label in labels), "\n\n")
-        return GenerationRequest(prompt=self.render_transcript(history), stop=stops, **common)
+        return GenerationRequest(prompt=self.render_transcript(seen), stop=stops, **common)
+
+    def chat_messages(self, history: Sequence[Utterance]) -> tuple[Message, ...]:
+        """This agent's chat prompt over its view of `history` (what training exports use)."""
+        return self.render_messages(self.view(history))
 
     def request_options(self, seed: int | None, tags: dict[str, Any]) -> dict[str, Any]:
         """`GenerationRequest` keyword arguments shared by all of this agent's calls: its
@@ -158,23 +220,41 @@ class Agent:
             "tags": {**tags, "agent": self.name, "role": self.role},
         }
 
+    def _tag(self, u: Utterance) -> str:
+        """How a line's speaker is shown: others' private lines are marked as such."""
+        return f"{u.label} (privately)" if u.private and u.agent != self.name else u.label
+
     def render_transcript(self, history: Sequence[Utterance]) -> str:
-        """Screenplay prompt: title, private header, the lines so far, then this agent's tag."""
+        """Screenplay prompt: title, private header, the lines seen so far, then this agent's
+        tag. `history` is what this agent sees (see `view`)."""
         parts = [self.transcript_title]
         header = self.system_prompt().strip()
         if header:
             parts.append(header)
-        lines = [f"{u.label}: {u.text}" for u in history]
+        lines = [f"{self._tag(u)}: {u.text}" for u in history]
         lines.append(f"{self.label}:")
         return "\n\n".join(parts) + "\n\n" + "\n".join(lines)
 
     def render_messages(self, history: Sequence[Utterance]) -> tuple[Message, ...]:
-        """Chat prompt: system text, then others' lines as `user` and own lines as `assistant`."""
+        """Chat prompt: system text, then others' lines as `user` and own lines as `assistant`
+        (consecutive lines of one side merged, as chat templates expect alternation). Others'
+        lines carry their speaker's tag when several agents talk or the line is private.
+        `history` is what this agent sees (see `view`)."""
         messages = [Message("system", self.system_prompt().strip())]
         if not history or history[0].agent == self.name:  # this agent opens
             messages.append(Message("user", "(The conversation begins.)"))
         for u in history:
-            messages.append(Message("assistant" if u.agent == self.name else "user", u.text))
+            own = u.agent == self.name
+            text = (
+                u.text
+                if own or not (self.multi_party or u.private)
+                else f"{self._tag(u)}: {u.text}"
+            )
+            role: Literal["assistant", "user"] = "assistant" if own else "user"
+            if messages[-1].role == role:
+                messages[-1] = Message(role, f"{messages[-1].content}\n{text}")
+            else:
+                messages.append(Message(role, text))
         return tuple(messages)
 
     # -- output cleaning -------------------------------------------------------------------

@@ -5,22 +5,26 @@ Prompts are built from plain `Shot`s (question, options, optional explanation, a
 agents know nothing about datasets, budgets or intervention decisions: the student's prompt holds
 only demonstrations, the question, its options and, when the teacher intervenes, the teacher's
 explanation. Every answer is a constrained choice among the option letters, so even a tiny base
-model produces a valid answer, and the backend's logprobs give a probability per option.
+model produces a valid answer, and the backend's logprobs give a probability per option
+(`read_answer`: the first generated token's alternatives, renormalised over the options; letters
+missing from the top k get the smallest logprob seen; without logprobs, as from scripted
+backends, the picked option gets probability 1). An `Item` is one multiple-choice question.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from personae.agents._base import Agent
 from personae.agents._personas import Strict
 from personae.agents._registry import register_role
-from personae.backends import GenerationRequest, Message
+from personae.backends import GenerationRequest, GenerationResult, Message
 
 #: Label of the teacher's explanation inside every prompt (the simulated student looks for it).
 EXPLANATION_LABEL = "Teacher's explanation:"
@@ -245,3 +249,106 @@ class Teacher(_ChoiceAgent):
             header="A teacher predicts how a particular student answers multiple-choice "
             "questions, from the student's past answers.",
         )
+
+
+# -- items and answers ----------------------------------------------------------------------
+
+
+class Item(BaseModel):
+    """One multiple-choice test item.
+
+    Attributes:
+        id: Stable id (from the file's `id` field, else `<file stem>-<line or row>`).
+        question: The question text.
+        options: The answer options in display order (2 to 26).
+        answer: Index of the gold option.
+        explanation: A human explanation, if the data has one.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    options: tuple[str, ...] = Field(min_length=2, max_length=26)
+    answer: int = Field(ge=0)
+    explanation: str | None = None
+
+    @model_validator(mode="after")
+    def _answer_in_range(self) -> Item:
+        if self.answer >= len(self.options):
+            raise ValueError(f"answer index {self.answer} but only {len(self.options)} options")
+        if len(set(self.options)) != len(self.options):
+            raise ValueError("options must be distinct")
+        return self
+
+    @property
+    def gold(self) -> str:
+        """The gold option's text."""
+        return self.options[self.answer]
+
+    def shot(self, *, answer: int | None = None, explanation: str | None = None) -> Shot:
+        """This item as a prompt block (question and options, optional answer/explanation)."""
+        return Shot(self.question, self.options, answer, explanation)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One constrained answer.
+
+    Attributes:
+        choice: Index of the picked option, or None when the output named no option.
+        probs: Probability of each option (sums to 1).
+        from_logprobs: Whether `probs` came from logprobs (False: one-hot or uniform).
+    """
+
+    choice: int | None
+    probs: tuple[float, ...]
+    from_logprobs: bool = False
+
+    def p(self, index: int) -> float:
+        """Probability of option `index`."""
+        return self.probs[index]
+
+    @property
+    def confidence(self) -> float:
+        """Probability of the picked option (0 when none was picked)."""
+        return self.probs[self.choice] if self.choice is not None else 0.0
+
+    def correct(self, gold: int) -> bool:
+        """Whether the picked option is `gold`."""
+        return self.choice == gold
+
+
+def _key(token: str) -> str:
+    return token.strip().lstrip("(").strip().upper()
+
+
+def parse_choice(text: str, letters: Sequence[str]) -> int | None:
+    """Index of the option letter `text` names ("B", " B", "(B)", "b) ..."), or None."""
+    key = _key(text)[:1]
+    return letters.index(key) if key in letters else None
+
+
+def read_answer(result: GenerationResult, letters: Sequence[str]) -> Answer:
+    """The picked option and per-option probabilities of a constrained choice result."""
+    choice = parse_choice(result.text, letters)
+    first = next((t for t in result.logprobs or () if t.token.strip()), None)
+    if first is not None:
+        scores: dict[str, float] = {}
+        alternatives = dict(first.top)
+        alternatives.setdefault(first.token, first.logprob)
+        for token, logprob in alternatives.items():
+            key = _key(token)
+            if key in letters:
+                scores[key] = max(scores.get(key, -math.inf), logprob)
+        if scores:
+            floor = min(alternatives.values())
+            logs = [scores.get(ch, floor) for ch in letters]
+            top = max(logs)
+            weights = [math.exp(v - top) for v in logs]
+            total = sum(weights)
+            return Answer(choice, tuple(w / total for w in weights), True)
+    n = len(letters)
+    if choice is None:
+        return Answer(None, tuple(1.0 / n for _ in letters))
+    return Answer(choice, tuple(1.0 if i == choice else 0.0 for i in range(n)))

@@ -2,38 +2,38 @@
 
 A spec is `KIND`, `KIND:TARGET` or either followed by `?key=value&...` options, e.g.
 `embedded`, `embedded:/models/x.gguf?n_parallel=16`, `openai:http://127.0.0.1:8000/v1?model=m`,
-`vllm:/models/tiny`, `scripted`, `simulated` (a simulated student for teaching experiments).
+`vllm:/models/tiny`, `scripted`.
 Options given as a mapping (scenario `backend_options`) are merged over the query-string ones.
 Users register their own kinds with `register_backend`.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from personae.backends._base import Backend
 from personae.errors import UserError
+from personae.registry import Registry
 
 BackendFactory = Callable[[str | None, dict[str, Any]], Backend]
-_FACTORIES: dict[str, BackendFactory] = {}
+BACKENDS: Registry[BackendFactory] = Registry("backend")
 
 
 def register_backend(kind: str) -> Callable[[BackendFactory], BackendFactory]:
-    """Decorator registering `factory(target, options) -> Backend` under `kind`."""
+    """Decorator registering `factory(target, options) -> Backend` under `kind` (its
+    docstring's first line describes the kind in `personae scenarios`)."""
 
     def decorate(factory: BackendFactory) -> BackendFactory:
-        _FACTORIES[kind] = factory
-        return factory
+        return BACKENDS.add(kind, factory)
 
     return decorate
 
 
 def backend_kinds() -> list[str]:
     """Names of the registered backend kinds."""
-    return sorted(_FACTORIES)
+    return BACKENDS.names()
 
 
 def _coerce(value: str) -> Any:
@@ -62,15 +62,7 @@ def create_backend(spec: str, options: Mapping[str, Any] | None = None) -> Backe
         UserError: unknown kind or options the backend does not accept.
     """
     kind, target, parsed = parse_spec(spec)
-    factory = _FACTORIES.get(kind)
-    if factory is None:
-        close = difflib.get_close_matches(kind, _FACTORIES, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UserError(
-            f"unknown backend {kind!r}",
-            where=f"backend spec {spec!r}",
-            fix=f"{hint}known backends: {', '.join(backend_kinds())}",
-        )
+    factory = BACKENDS.get(kind, where=f"backend spec {spec!r}")
     merged = {**parsed, **(options or {})}
     try:
         return factory(target, merged)
@@ -84,6 +76,7 @@ def create_backend(spec: str, options: Mapping[str, Any] | None = None) -> Backe
 
 @register_backend("scripted")
 def _scripted(target: str | None, options: dict[str, Any]) -> Backend:
+    """Deterministic replies (a list, a per-agent map or a callable); no model."""
     from personae.backends._scripted import ScriptedBackend
 
     return ScriptedBackend(**options)
@@ -91,6 +84,7 @@ def _scripted(target: str | None, options: dict[str, Any]) -> Backend:
 
 @register_backend("embedded")
 def _embedded(target: str | None, options: dict[str, Any]) -> Backend:
+    """llama.cpp in this process (xllamacpp); default model: the packaged Gemma 3 270M."""
     from personae.backends._embedded import EmbeddedBackend
 
     return EmbeddedBackend(target, **options)
@@ -98,6 +92,7 @@ def _embedded(target: str | None, options: dict[str, Any]) -> Backend:
 
 @register_backend("openai")
 def _openai(target: str | None, options: dict[str, Any]) -> Backend:
+    """Any OpenAI-compatible server (vllm serve, llama-server, Ollama, hosted APIs)."""
     from personae.backends._openai import OpenAIBackend
 
     if not target:
@@ -111,6 +106,7 @@ def _openai(target: str | None, options: dict[str, Any]) -> Backend:
 
 @register_backend("vllm")
 def _vllm(target: str | None, options: dict[str, Any]) -> Backend:
+    """vLLM's in-process AsyncLLM (optional extra: pip install 'personae[vllm]')."""
     from personae.backends._vllm import VLLMBackend
 
     if not target:
@@ -120,10 +116,3 @@ def _vllm(target: str | None, options: dict[str, Any]) -> Backend:
             fix="write e.g. vllm:/models/Qwen2.5-0.5B-Instruct",
         )
     return VLLMBackend(target, **options)
-
-
-@register_backend("simulated")
-def _simulated(target: str | None, options: dict[str, Any]) -> Backend:
-    from personae.experiments._simulated import SimulatedStudentBackend
-
-    return SimulatedStudentBackend(**options)

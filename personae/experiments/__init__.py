@@ -7,8 +7,8 @@ Agents? Teacher Explanations Improve Students via Theory of Mind". Start with
 `run_teaching("teaching_budget")` or `personae experiment teaching teaching_budget`.
 """
 
-from personae.experiments._confidence import Answer, read_answer
-from personae.experiments._data import Item, load_items, numeric_options, record_to_item
+from personae.agents._teaching import Answer, Item, read_answer
+from personae.experiments._data import load_items, numeric_options, record_to_item
 from personae.experiments._generated import generated_items
 from personae.experiments._interventions import (
     Intervention,
@@ -30,7 +30,8 @@ from personae.experiments._scoring import (
 )
 from personae.experiments._simulated import SimulatedStudentBackend
 from personae.experiments._spec import TeachingScenario, load_data, load_teaching_scenario
-from personae.experiments._teaching import build_teaching_graph
+from personae.experiments._study import TeachingStudy, multi_turn_passes
+from personae.graphs._teaching import build_item_graph
 
 __all__ = [
     "Answer",
@@ -43,9 +44,10 @@ __all__ = [
     "StyleOutcomes",
     "TeachingResult",
     "TeachingScenario",
+    "TeachingStudy",
     "arun_teaching",
     "budget_items",
-    "build_teaching_graph",
+    "build_item_graph",
     "explained_at",
     "generated_items",
     "get_intervention",
@@ -54,6 +56,7 @@ __all__ = [
     "load_items",
     "load_teaching_scenario",
     "mean_ci",
+    "multi_turn_passes",
     "numeric_options",
     "read_answer",
     "record_to_item",

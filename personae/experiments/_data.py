@@ -1,4 +1,4 @@
-"""Teaching items: the `Item` model and loading items from JSONL or CSV files.
+"""Teaching items: loading `Item`s (multiple-choice questions) from JSONL or CSV files.
 
 Every item becomes a multiple-choice question: a question, its options, the index of the gold
 option and, optionally, a human explanation. Records may give `options` with an `answer` (index,
@@ -21,9 +21,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from personae.agents import Shot
+from personae.agents import Item
 from personae.errors import UserError
 
 _CALC = re.compile(r"<<[^>]*>>")
@@ -35,43 +33,6 @@ _FORMAT_FIX = (
     "each record needs 'question' and 'answer' (with 'options', a yes/no value, a number, or a "
     "GSM8K solution ending in '#### N'); see the README's teacher-student section"
 )
-
-
-class Item(BaseModel):
-    """One multiple-choice test item.
-
-    Attributes:
-        id: Stable id (from the file's `id` field, else `<file stem>-<line or row>`).
-        question: The question text.
-        options: The answer options in display order (2 to 26).
-        answer: Index of the gold option.
-        explanation: A human explanation, if the data has one.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = Field(min_length=1)
-    question: str = Field(min_length=1)
-    options: tuple[str, ...] = Field(min_length=2, max_length=26)
-    answer: int = Field(ge=0)
-    explanation: str | None = None
-
-    @model_validator(mode="after")
-    def _answer_in_range(self) -> Item:
-        if self.answer >= len(self.options):
-            raise ValueError(f"answer index {self.answer} but only {len(self.options)} options")
-        if len(set(self.options)) != len(self.options):
-            raise ValueError("options must be distinct")
-        return self
-
-    @property
-    def gold(self) -> str:
-        """The gold option's text."""
-        return self.options[self.answer]
-
-    def shot(self, *, answer: int | None = None, explanation: str | None = None) -> Shot:
-        """This item as a prompt block (question and options, optional answer/explanation)."""
-        return Shot(self.question, self.options, answer, explanation)
 
 
 # -- numbers ---------------------------------------------------------------------------------

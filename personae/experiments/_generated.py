@@ -12,7 +12,8 @@ import random
 from collections.abc import Callable
 from decimal import Decimal
 
-from personae.experiments._data import Item, numeric_options
+from personae.agents._teaching import Item
+from personae.experiments._data import numeric_options
 
 _NAMES = [
     ("Ada", "she"), ("Ben", "he"), ("Chloe", "she"), ("Dev", "he"), ("Elif", "she"),

@@ -10,13 +10,12 @@ every item's outcome is known).
 
 from __future__ import annotations
 
-import difflib
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from personae.errors import UserError
+from personae.registry import Registry, first_line
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +73,7 @@ class Intervention:
         return sorted(ranked, key=lambda pair: (-pair[1], order[pair[0]]))
 
 
-_REGISTRY: dict[str, Intervention] = {}
+INTERVENTIONS: Registry[Intervention] = Registry("intervention function")
 
 
 def register_intervention(
@@ -89,8 +88,8 @@ def register_intervention(
     """
 
     def decorate(scorer: Scorer) -> Scorer:
-        doc = (scorer.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = Intervention(name, scorer, needs_student_post, doc[0] if doc else "")
+        doc = first_line(scorer.__doc__)
+        INTERVENTIONS.add(name, Intervention(name, scorer, needs_student_post, doc), doc)
         return scorer
 
     return decorate
@@ -98,21 +97,12 @@ def register_intervention(
 
 def intervention_names() -> list[str]:
     """Names of the registered intervention functions."""
-    return sorted(_REGISTRY)
+    return INTERVENTIONS.names()
 
 
 def get_intervention(name: str, *, where: str = "functions") -> Intervention:
     """The function registered as `name`; `UserError` with a suggestion if unknown."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UserError(
-            f"unknown intervention function {name!r}",
-            where=where,
-            fix=f"{hint}registered: {', '.join(intervention_names())}",
-        ) from None
+    return INTERVENTIONS.get(name, where=where)
 
 
 def budget_items(n_items: int, budget: float) -> int:

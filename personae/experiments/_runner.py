@@ -1,54 +1,34 @@
-"""Running a teacher-student budget experiment end to end.
+"""Running a teacher-student budget experiment end to end, and its result.
 
 `run_teaching(scenario)` validates everything (scenario, functions, budgets, data files, backend
-specs, database) before an engine starts, then for every seed (concurrently): observes the
-student on demonstration-pool items, runs every test item through the teaching graph, ranks the
-hindsight functions, runs the multi-turn passes, and finally scores every (style, function) arm
-at every budget from the per-item outcomes. Everything is written to the run database (`runs`,
-`episodes`, `turns`, `llm_calls`, `interventions`); the accuracy tables go in the run's summary.
+specs, database) before an engine starts, then hands the `TeachingStudy` to the one runner:
+observation, assessment, teaching and multi-turn stages (every seed concurrently within a
+stage), and finally every (style, function) arm scored at every budget from the per-item
+outcomes. Everything is written to the run database (`runs`, `episodes`, `turns`, `llm_calls`,
+`interventions`); the accuracy tables go in the run's summary. Rerunning into the same database
+resumes: complete episodes are kept, the rest run, and the tables come from all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from personae._version import __version__
-from personae.agents import Sampling, Student, Teacher, get_role
-from personae.backends import Backend, create_backend, parse_spec
-from personae.errors import UserError
-from personae.experiments._data import Item
-from personae.experiments._records import split_pool, teaching_episode_id
-from personae.experiments._scoring import (
-    Curve,
-    MultiTurnRow,
-    StyleOutcomes,
-    score_curves,
-    score_multi_turn,
-)
-from personae.experiments._seed_run import RunContext, SeedRun, multi_turn_passes
-from personae.experiments._simulated import SimulatedStudentBackend
-from personae.experiments._spec import (
-    TeachingScenario,
-    load_data,
-    load_persona,
-    load_teaching_scenario,
-)
+from personae.backends import Backend, parse_spec
+from personae.experiments._scoring import Curve, MultiTurnRow, StyleOutcomes
+from personae.experiments._spec import TeachingScenario, load_teaching_scenario
+from personae.experiments._study import TeachingStudy
+from personae.plugins import load_imports
+from personae.runner import execute
 from personae.scenario import resolve_scenario_path
-from personae.store import RunLog, TurnLogWriter, check_database
-from personae.store._schema import connect, ensure_schema
+from personae.store import RunLog
 
 
 @dataclass
@@ -203,76 +183,21 @@ def _floats(values: Sequence[float]) -> list[float | None]:
     return [_float(v) for v in values]
 
 
-# -- setup -----------------------------------------------------------------------------------
-
-
-def default_db_path(scenario: TeachingScenario) -> Path:
-    """`logs/<scenario>-<UTC timestamp>.db`."""
-    return Path("logs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.db"
-
-
-def _backends(
-    scenario: TeachingScenario, override: str | Backend | None
-) -> tuple[dict[str, Backend], list[Backend]]:
-    if isinstance(override, Backend):
-        return {"student": override, "teacher": override}, [override]
-    by_spec: dict[str, Backend] = {}
-    for_agent: dict[str, Backend] = {}
-    default_kind = parse_spec(scenario.backend)[0]
-    for name in ("student", "teacher"):
-        own = getattr(scenario, name).backend
-        spec = override or own or scenario.backend
-        if spec not in by_spec:
-            # backend_options belong to the scenario's backend: another kind gets none
-            same = parse_spec(spec)[0] == default_kind and (override or not own)
-            by_spec[spec] = create_backend(spec, scenario.backend_options if same else {})
-        for_agent[name] = by_spec[spec]
-    return for_agent, list(by_spec.values())
-
-
-def planned_episodes(
-    scenario: TeachingScenario, test: Sequence[Item], pool: Sequence[Item]
-) -> list[str]:
-    """Every episode id the run will write, in index order."""
-    ids: list[str] = []
-    for seed in scenario.seeds:
-        draw = split_pool(pool, seed, scenario)
-        for i, item in enumerate(draw["observe"]):
-            ids.append(teaching_episode_id(scenario.name, "observe", seed, i, item=item.id))
-        for i, item in enumerate(test):
-            ids.append(teaching_episode_id(scenario.name, "item", seed, i, item=item.id))
-        for j, (style, function, budget) in enumerate(multi_turn_passes(scenario)):
-            extra = {"style": style, "function": function, "budget": budget}
-            ids.append(teaching_episode_id(scenario.name, "multi_turn", seed, j, **extra))
-    return ids
-
-
-def _check_db(path: Path, episode_ids: Sequence[str]) -> None:
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    check_database(path)
-    with RunLog(path) as log:
-        known = {e["episode_id"] for e in log.episodes()}
-    if known & set(episode_ids):
-        raise UserError(
-            "the database already holds this teaching experiment (same scenario and seeds)",
-            where=str(path),
-            fix="pass a new --db (teaching runs are not resumed)",
-        )
-
-
-def _prepare_db(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    import sqlite_utils
-
-    conn = connect(path)
-    try:
-        ensure_schema(sqlite_utils.Database(conn))
-    finally:
-        conn.close()
-
-
 # -- the run -----------------------------------------------------------------------------------
+
+
+def with_backend(spec: TeachingScenario, backend: str) -> TeachingScenario:
+    """`spec` with teacher and student on `backend` (the scenario's backend options kept only
+    when it is the same kind of backend)."""
+    same = parse_spec(backend)[0] == parse_spec(spec.backend)[0]
+    return spec.model_copy(
+        update={
+            "backend": backend,
+            "backend_options": spec.backend_options if same else {},
+            "student": spec.student.model_copy(update={"backend": None}),
+            "teacher": spec.teacher.model_copy(update={"backend": None}),
+        }
+    )
 
 
 async def arun_teaching(
@@ -283,8 +208,11 @@ async def arun_teaching(
     items: int | None = None,
     seeds: Sequence[int] | None = None,
     progress: bool = False,
+    imports: Sequence[str] = (),
+    announce: Callable[[Path], None] | None = None,
 ) -> TeachingResult:
     """Async form of `run_teaching`."""
+    load_imports(imports, where="--import")
     spec = (
         scenario
         if isinstance(scenario, TeachingScenario)
@@ -292,163 +220,25 @@ async def arun_teaching(
     )
     if seeds:
         spec = spec.model_copy(update={"seeds": list(dict.fromkeys(seeds))})
-    test, pool = load_data(spec, items=items)
-    personas = {name: load_persona(spec, name) for name in ("student", "teacher")}
-    for_agent, engines = _backends(spec, backend)
-    db_path = Path(db) if db else default_db_path(spec)
-    episode_ids = planned_episodes(spec, test, pool)
-    _check_db(db_path, episode_ids)
-
-    render = spec.render
-    student_cls = get_role(spec.student.role)
-    teacher_cls = get_role(spec.teacher.role)
-    student = student_cls(
-        "student",
-        personas["student"],
-        sampling=Sampling(temperature=spec.student.temperature, max_tokens=4),
-        render_mode=render or for_agent["student"].render_mode,
-        label=spec.student.label,
+    if isinstance(backend, str):
+        spec = with_backend(spec, backend)
+    study = TeachingStudy(spec, items=items)
+    run = await execute(
+        study,
+        db=db,
+        backend=backend if isinstance(backend, Backend) else None,
+        progress=progress,
+        announce=announce,
     )
-    teacher = teacher_cls(
-        "teacher",
-        personas["teacher"],
-        sampling=spec.teacher.sampling,
-        render_mode=render or for_agent["teacher"].render_mode,
-        label=spec.teacher.label,
-    )
-    assert isinstance(student, Student) and isinstance(teacher, Teacher)
-
-    run_id = uuid.uuid4().hex[:12]
-    start = time.perf_counter()
-    for engine in engines:
-        await engine.start()
-        if isinstance(engine, SimulatedStudentBackend):
-            engine.add_items([*test, *pool])
-    try:
-        _prepare_db(db_path)
-        async with TurnLogWriter(db_path) as writer:
-            writer.insert(
-                "runs",
-                {
-                    "run_id": run_id,
-                    "scenario": spec.name,
-                    "scenario_path": str(spec.base_dir),
-                    "spec_json": spec.model_dump_json(),
-                    "backend": ",".join(e.backend_id for e in engines),
-                    "seed": spec.seeds[0],
-                    "status": "running",
-                    "created_at": _utc(),
-                    "personae_version": __version__,
-                },
-            )
-            bar = Progress(
-                TextColumn("[bold]teaching"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} episodes"),
-                TimeElapsedColumn(),
-                disable=not progress,
-            )
-            task = bar.add_task("teaching", total=len(episode_ids))
-            ctx = RunContext(
-                scenario=spec,
-                run_id=run_id,
-                student=student,
-                teacher=teacher,
-                backends=for_agent,
-                writer=writer,
-                episode_index={e: i for i, e in enumerate(episode_ids)},
-                on_episode=lambda: bar.advance(task),
-            )
-            status = "interrupted"
-            try:
-                with bar:
-                    runs = await asyncio.gather(
-                        *(_run_seed(ctx, seed, test, pool) for seed in spec.seeds)
-                    )
-                status = "complete"
-            finally:
-                elapsed = time.perf_counter() - start
-                result = _score(spec, runs, elapsed) if status == "complete" else None
-                writer.upsert(
-                    "runs",
-                    {
-                        "run_id": run_id,
-                        "status": status,
-                        "finished_at": _utc(),
-                        "summary_json": json.dumps(result.summary() if result else {}),
-                    },
-                )
-    finally:
-        for engine in engines:
-            await engine.close()
-    assert result is not None
-    result.run_id, result.db_path = run_id, db_path
-    with RunLog(db_path) as log:
-        totals = log.summary(run_id)
+    result = study.result
+    assert isinstance(result, TeachingResult)
+    result.run_id, result.db_path, result.elapsed_s = run.run_id, run.db_path, run.elapsed_s
+    with RunLog(run.db_path) as log:
+        totals = log.summary(run.run_id)
     result.prompt_tokens = int(totals["prompt_tokens"])
     result.completion_tokens = int(totals["completion_tokens"])
     result.calls = int(totals["calls"])
     return result
-
-
-async def _run_seed(
-    ctx: RunContext, seed: int, test: Sequence[Item], pool: Sequence[Item]
-) -> tuple[SeedRun, list[tuple[np.ndarray, np.ndarray]]]:
-    run = SeedRun(ctx, seed, test, split_pool(pool, seed, ctx.scenario))
-    await run.observe()
-    await run.test()
-    passes = await run.multi_turn()
-    return run, passes
-
-
-def _score(
-    spec: TeachingScenario,
-    runs: Sequence[tuple[SeedRun, list[tuple[np.ndarray, np.ndarray]]]],
-    elapsed: float,
-) -> TeachingResult:
-    outcomes = {run.seed: {s: run.outcomes(s) for s in spec.styles()} for run, _ in runs}
-    rankings = {run.seed: dict(run.rankings) for run, _ in runs}
-    boot = spec.bootstrap
-    curves = score_curves(
-        outcomes,
-        rankings,
-        spec.arms(),
-        spec.budgets,
-        resamples=boot.resamples,
-        confidence=boot.confidence,
-    )
-    rows = []
-    for j, (style, function, budget) in enumerate(multi_turn_passes(spec)):
-        rows.append(
-            score_multi_turn(
-                [passes[j][0] for _, passes in runs],
-                [passes[j][1] for _, passes in runs],
-                style=style,
-                function=function,
-                budget=budget,
-                resamples=boot.resamples,
-                confidence=boot.confidence,
-            )
-        )
-    failed = sum(1 for run, _ in runs for r in run.records if r.error is not None)
-    return TeachingResult(
-        run_id="",
-        db_path=Path(),
-        scenario=spec.name,
-        curves=curves,
-        multi_turn=rows,
-        outcomes=outcomes,
-        rankings=rankings,
-        n_items=len(runs[0][0].records) if runs else 0,
-        failed_items=failed,
-        elapsed_s=elapsed,
-        budgets=tuple(spec.budgets),
-        confidence=boot.confidence,
-    )
-
-
-def _utc() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def run_teaching(scenario: str | Path | TeachingScenario, **options: Any) -> TeachingResult:
@@ -457,9 +247,11 @@ def run_teaching(scenario: str | Path | TeachingScenario, **options: Any) -> Tea
     Args:
         scenario: A teaching scenario file, the name of a shipped one (`teaching_budget`), or a
             `TeachingScenario`.
-        **options: `db` (path; default `logs/<scenario>-<time>.db`), `backend` (a spec, or a
-            `Backend` instance, for both agents; the run starts and closes it), `items` (use the
-            first N test items), `seeds` (override the scenario's), `progress` (a progress bar).
+        **options: `db` (path; default `logs/<scenario>-<time>.db`; an existing database of
+            the same experiment is resumed), `backend` (a spec, or a `Backend` instance, for
+            both agents), `items` (use the first N test items), `seeds` (override the
+            scenario's), `progress` (a progress bar), `imports` (Python files or modules with
+            your own roles or intervention functions).
 
     Returns:
         A `TeachingResult` with the accuracy curves, multi-turn rows and raw outcomes.

@@ -25,9 +25,14 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from personae.agents._teaching import EXPLANATION_LABEL
-from personae.backends import Backend, GenerationRequest, GenerationResult, TokenLogprob
-from personae.experiments._data import Item
+from personae.agents._teaching import EXPLANATION_LABEL, Item
+from personae.backends import (
+    Backend,
+    GenerationRequest,
+    GenerationResult,
+    TokenLogprob,
+    register_backend,
+)
 
 Probability = float | Mapping[str, float]
 _ARGUES = re.compile(r"answer is \(([A-Z])\)")
@@ -150,3 +155,9 @@ class SimulatedStudentBackend(Backend):
             latency_s=time.perf_counter() - start,
             logprobs=(TokenLogprob(letter, logs[letter], logs),),
         )
+
+
+@register_backend("simulated")
+def _simulated(target: str | None, options: dict[str, Any]) -> Backend:
+    """A simulated student (and teacher) with answer probabilities you set, for teaching runs."""
+    return SimulatedStudentBackend(**options)

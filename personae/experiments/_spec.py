@@ -9,17 +9,21 @@ missing or malformed dataset files, a demonstration pool too small — is checke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from personae.agents import Sampling, Student, Teacher, get_role
+from personae.agents._teaching import Item
 from personae.errors import UserError
-from personae.experiments._data import Item, load_items
+from personae.experiments._data import load_items
 from personae.experiments._generated import generated_items
 from personae.experiments._interventions import get_intervention
-from personae.scenario import _read_yaml, validation_error
+from personae.plugins import load_imports
+from personae.scenario import _read_yaml
+from personae.validation import validation_error
 
 Style = Literal["unpersonalized", "personalized"]
 Budget = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -105,6 +109,9 @@ class TeachingScenario(_Spec):
     kind: Literal["teaching"] = Field("teaching", description="Marks a teaching scenario file.")
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
+    imports: list[str] = Field(
+        default_factory=list, description="Python files (relative to this file) or modules."
+    )
     backend: str = "embedded"
     backend_options: dict[str, Any] = Field(default_factory=dict)
     render: Literal["transcript", "chat"] | None = None
@@ -145,18 +152,31 @@ TEACHING_DOCS = "the teacher-student section of the README"
 # -- loading ---------------------------------------------------------------------------------
 
 
-def load_teaching_scenario(path: str | Path) -> TeachingScenario:
-    """Read and validate a teaching scenario file (raises `UserError`)."""
+def load_teaching_scenario(path: str | Path, *, imports: Sequence[str] = ()) -> TeachingScenario:
+    """Read and validate a teaching scenario file (raises `UserError`); `imports` are modules
+    or files to import first (the CLI's `--import`)."""
     path = Path(path)
     data = _read_yaml(path, "scenario file")
     if not isinstance(data, dict):
         raise UserError("a scenario must be a YAML mapping", where=str(path))
+    load_imports(imports, where="--import")
+    return parse_teaching(data, source=str(path), base_dir=path.resolve().parent)
+
+
+def parse_teaching(
+    data: dict[str, Any], *, source: str, base_dir: Path, import_code: bool = True
+) -> TeachingScenario:
+    """Validate a teaching scenario mapping (a file's contents, or a stored spec): its
+    `imports:` are imported first (not for a stored spec: pass `--import` again)."""
+    imports = data.get("imports") or []
+    if import_code and isinstance(imports, list):
+        load_imports([str(i) for i in imports], base_dir=base_dir, where=f"{source}: imports")
     try:
         scenario = TeachingScenario.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc, str(path), TeachingScenario, TEACHING_DOCS) from None
-    scenario.base_dir = path.resolve().parent
-    check_scenario(scenario, str(path))
+        raise validation_error(exc, source, TeachingScenario, TEACHING_DOCS) from None
+    scenario.base_dir = base_dir
+    check_scenario(scenario, source)
     return scenario
 
 

@@ -3,8 +3,9 @@
 Both are built from one role's own view of an episode: the agent is rebuilt from the stored
 scenario and persona and renders the conversation as chat messages (its system prompt, the
 others' lines as `user`, its own as `assistant`), exactly as it would prompt an instruct model.
-Only visible text goes in: no `hidden_json` and no side-table row of any agent, and other
-agents' private prompts never appear because only the role's own system prompt is used.
+Only what the agent could see goes in: lines whose audience includes it (the same audience rule
+as its live prompts), no `hidden_json` and no side-table row of any agent, and other agents'
+private prompts never appear because only the role's own system prompt is used.
 
 SFT: one record per (episode, agent of ROLE), `{"messages": [...], "episode_id", "agent"}`,
 ending at the agent's last line (OpenAI chat format, as TRL and axolotl read it).
@@ -13,9 +14,10 @@ DPO: sibling continuations of the same prompt are the forks of one parent at one
 the parent itself. When turn K is spoken by an agent of ROLE, each pair of siblings whose
 scores differ gives `{"prompt": [...], "chosen": [assistant], "rejected": [assistant]}` (TRL's
 conversational preference format), the prompt rendered from the parent's view of turns
-0..K-1. A sibling's score is the number under `score_key` (default `score`) in the hidden state
-of its turn K, else the last such number in its later turns (a judge's score). Siblings without
-a score give no pairs: without judge scores there is no preference, so no pairs are made.
+0..K-1. A sibling's score comes from the `judgments` table: a judge's verdict on its turn K,
+else on the whole episode (`score`: the mean of the rubric's dimensions; `score_key` picks one
+dimension of the parsed verdict instead; `judge` picks one judge). Siblings without a score give
+no pairs: without judge scores there is no preference, so no pairs are made.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from personae.agents import Agent, get_role
+from personae.agents import Agent, Utterance, visible_history
 from personae.errors import UserError
 from personae.export._select import EpisodeFilter, select_episodes
 from personae.replay import (
@@ -37,21 +39,13 @@ from personae.replay import (
     scenario_of_run,
     utterances,
 )
-from personae.store import RunLog, Turn
+from personae.runner import build_agents
+from personae.store import RunLog
 
 
 def _chat_agents(setup: EpisodeSetup) -> dict[str, Agent]:
     """Every agent of the episode, rendering chat messages (labels come from all of them)."""
-    agents: dict[str, Agent] = {}
-    for name, spec in setup.scenario.agents.items():
-        agents[name] = get_role(spec.role)(
-            name,
-            setup.personas[name],
-            sampling=spec.sampling,
-            render_mode="chat",
-            label=spec.label,
-        )
-    return agents
+    return build_agents(setup.scenario, setup.plan.personas, {}, render="chat")
 
 
 def _check_role(log: RunLog, role: str) -> None:
@@ -85,8 +79,11 @@ def _scenario_episodes(log: RunLog, chosen: EpisodeFilter | None) -> list[dict[s
     return [e for e in select_episodes(log, chosen or EpisodeFilter()) if e["run_id"] in runs]
 
 
-def _messages(agent: Agent, history: Sequence[Any]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in agent.render_messages(history)]
+def _messages(agent: Agent, history: Sequence[Utterance]) -> list[dict[str, str]]:
+    """The agent's chat messages over the lines it could see (no context window: the whole
+    episode as it heard it)."""
+    seen = visible_history(history, agent.name)
+    return [{"role": m.role, "content": m.content} for m in agent.render_messages(seen)]
 
 
 def sft_conversations(
@@ -138,20 +135,22 @@ class DpoExport:
     unscored: int = 0
 
 
-def _score(turns: Sequence[Turn], fork_turn: int, key: str) -> float | None:
-    def number(turn: Turn) -> float | None:
-        value = turn.hidden.get(key)
+def _score(
+    judgments: Sequence[dict[str, Any]], fork_turn: int, key: str, judge: str | None
+) -> float | None:
+    def number(row: dict[str, Any]) -> float | None:
+        if not row["valid"] or (judge is not None and row["judge"] != judge):
+            return None
+        value = row["score"] if key == "score" else (row["parsed"] or {}).get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
         return float(value)
 
-    at = next((t for t in turns if t.idx == fork_turn), None)
-    score = number(at) if at is not None else None
-    if score is not None:
-        return score
-    later = [number(t) for t in turns if t.idx > fork_turn]
-    found = [s for s in later if s is not None]
-    return found[-1] if found else None
+    for wanted in (fork_turn, None):
+        found = [n for r in judgments if r["turn_idx"] == wanted and (n := number(r)) is not None]
+        if found:
+            return sum(found) / len(found)
+    return None
 
 
 def dpo_pairs(
@@ -160,6 +159,7 @@ def dpo_pairs(
     chosen: EpisodeFilter | None = None,
     *,
     score_key: str = "score",
+    judge: str | None = None,
 ) -> DpoExport:
     """Preference pairs from sibling forks of the same turn, ranked by judge scores.
 
@@ -167,7 +167,8 @@ def dpo_pairs(
         db: The run database.
         role: The role whose line at the fork turn is compared.
         chosen: Which episodes may be siblings (default: every complete episode).
-        score_key: Hidden-state key holding a sibling's score.
+        score_key: `score` (a judgment's mean score) or a dimension of the parsed verdict.
+        judge: Only this judge's verdicts (default: every judge's, averaged).
 
     Raises:
         UserError: unknown role or a bad filter.
@@ -192,7 +193,7 @@ def dpo_pairs(
             for member in members:
                 turns = parent_turns if member == parent_id else log.turns(member)
                 line = next((t for t in turns if t.idx == k), None)
-                score = _score(turns, k, score_key)
+                score = _score(log.judgments(member), k, score_key, judge)
                 if line is not None and score is not None and line.agent == speaker.agent:
                     scored.append((score, member, line.text))
             if len(scored) < 2:

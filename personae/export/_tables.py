@@ -3,10 +3,10 @@
 Columns: episode fields (`run_id`, `scenario`, `episode_id`, `episode_idx`, `status`,
 `end_reason`, `n_turns`, `seed`, `parent_episode_id`, `fork_turn`), the condition flattened to
 `AGENT.FIELD` columns (`client.persona` holds the persona id, `client.style`...) plus top-level
-keys (`repeat`), then the turn (`turn`, `agent`, `role`, `text`, `hidden_json`, `call_id`) and
-its final model call (`finish_reason`, `prompt_tokens`, `completion_tokens`, `cached_tokens`,
-`latency_s`, `call_seed`). These tables are for analysis and keep `hidden_json`; training
-exports (`sft`, `dpo`) never include it.
+keys (`repeat`), then the turn (`turn`, `agent`, `role`, `kind`, `text`, `audience_json`,
+`hidden_json`, `decision_json`, `call_id`) and its final model call (`finish_reason`,
+`prompt_tokens`, `completion_tokens`, `cached_tokens`, `latency_s`, `call_seed`). These tables
+are for analysis and keep `hidden_json`; training exports (`sft`, `dpo`) never include it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,26 @@ _EPISODE_FIELDS = (
 )
 
 
+_TURN_FIELDS = (
+    "agent",
+    "role",
+    "kind",
+    "text",
+    "audience_json",
+    "hidden_json",
+    "decision_json",
+    "call_id",
+)
+_CALL_FIELDS = (
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "latency_s",
+    "call_seed",
+)
+
+
 def _flat_condition(condition: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in condition.items():
@@ -59,14 +79,15 @@ def turn_rows(db: str | Path, chosen: EpisodeFilter | None = None) -> list[dict[
             base["episode_idx"] = episode["idx"]
             base.update(_flat_condition(json.loads(episode["condition_json"] or "{}")))
             for r in log.query(
-                """SELECT t.idx AS turn, t.agent, t.role, t.text, t.hidden_json, t.call_id,
-                          c.finish_reason, c.prompt_tokens, c.completion_tokens,
+                """SELECT t.*, c.finish_reason, c.prompt_tokens, c.completion_tokens,
                           c.cached_tokens, c.latency_s, c.seed AS call_seed
                    FROM turns t LEFT JOIN llm_calls c ON c.call_id = t.call_id
                    WHERE t.episode_id = ? ORDER BY t.idx""",
                 episode["episode_id"],
             ):
-                rows.append({**base, **r})
+                turn = {"turn": r["idx"], **{c: r.get(c) for c in _TURN_FIELDS}}
+                turn["kind"] = turn["kind"] or "line"
+                rows.append({**base, **turn, **{c: r[c] for c in _CALL_FIELDS}})
     return rows
 
 

@@ -1,9 +1,20 @@
-"""Per-episode machinery shared by every graph: taking a turn and logging it.
+"""Per-episode machinery shared by every graph kind: taking a turn, observing it, logging it.
 
-`Episode` is the LangGraph run context. It holds the agents, the backends and the in-memory
-conversation, so graph state stays small (turn counters and flags). `take_turn` renders the
-agent's prompt, calls its backend with retries, cleans the output (retrying once with a new seed
-when the cleaned text is empty), and queues the `llm_calls` and `turns` rows on the writer.
+`Episode` is the LangGraph run context. It holds the agents, their backends and the in-memory
+conversation, so graph state stays small (a speaker, a flag). Every logged row of an episode —
+turns, model calls, judgments — is written here, through the run's one writer:
+
+- `take_turn` renders an agent's prompt from what it may see (`Agent.view`: its audience, its
+  context window), calls its backend, cleans the output (one more try with a new seed when the
+  cleaned text is empty, or an abstention when passing is allowed), logs the call and the turn
+  with its audience and the turn policy's decision, then runs the observers watching that agent.
+- `add_line` logs a line with no model call (seed lines, openings, a teacher's decision).
+- `reserve`, `call` and `log_turn` are the single steps graphs with concurrent steps use.
+- `finish` waits for the observers' verdicts and runs the end-of-episode observers.
+
+Model calls have one retry layer (here) and one deadline covering every attempt. Each call has a
+stable id (`{episode}-{turn:04d}` plus a suffix for retries, judges and selectors) that travels
+in the request's tags, so a replay serves exactly the recorded output of that call.
 """
 
 from __future__ import annotations
@@ -13,14 +24,14 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from typing import Any, Literal
 
 from personae.agents import Agent, Utterance
+from personae.agents._base import LineKind
 from personae.backends import Backend, BackendError, GenerationRequest, GenerationResult
+from personae.judges import JudgeAgent, Judgment
 from personae.seeds import derive_seed
-from personae.store import TurnLogWriter
+from personae.store import Turn, TurnLogWriter
 from personae.store._cache import ResponseCache, cache_key
 
 #: Placeholder logged when a model produced nothing usable twice in a row.
@@ -29,6 +40,7 @@ EMPTY_UTTERANCE = "..."
 _RETRYABLE = (BackendError, TimeoutError, ConnectionError)
 
 StopPredicate = Callable[[Sequence[Utterance]], bool]
+Purpose = Literal["turn", "judge", "select", "step"]
 
 
 def _now() -> str:
@@ -36,20 +48,56 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
+def call_id(episode_id: str, turn: int, suffix: str = "", retry: int = 0) -> str:
+    """The id of a model call: `{episode}-{turn:04d}`, then `-SUFFIX`, then `-rN` for retry N."""
+    return (
+        f"{episode_id}-{turn:04d}"
+        + (f"-{suffix}" if suffix else "")
+        + (f"-r{retry}" if retry else "")
+    )
+
+
+@dataclass(frozen=True)
+class Observer:
+    """A judge bound to the agents it watches.
+
+    Attributes:
+        judge: The judge agent.
+        watches: Agents whose lines it rates (`when="turn"`) or reads (`when="end"`).
+        when: `turn`: after each line of a watched agent; `end`: once, after the episode.
+        route_to: Agents who receive its verdict as a private line (None: nobody; the verdict
+            only goes into `judgments`).
+    """
+
+    judge: JudgeAgent
+    watches: frozenset[str]
+    when: Literal["turn", "end"] = "turn"
+    route_to: tuple[str, ...] | None = None
+
+
+def _retryable(exc: BaseException) -> bool:
+    return bool(getattr(exc, "retryable", True))
+
+
 @dataclass
 class Episode:
     """Everything one episode's graph needs, outside graph state.
 
     Args:
-        episode_id: Stable id (rows in `turns` and `llm_calls` point at it).
-        agents: Agents by name, in scenario order.
+        episode_id: Stable id (rows in `turns`, `llm_calls` and `judgments` point at it).
+        agents: Agents by name, in scenario order (observers included).
         backends: Backend per agent name.
         writer: The run's turn-log writer, or None to log nothing.
         run_seed: Seed that per-call seeds derive from.
         stop_when: Optional user predicate on the history; True ends the episode.
-        retries: Attempts per model call on backend errors and timeouts.
-        call_timeout_s: Seconds before one model call counts as failed (then retried).
+        retries: Attempts per model call on retryable backend errors.
+        deadline_s: Seconds one model call may take, every attempt and backoff included.
         cache: Optional response cache consulted before each model call.
+        observers: Judges watching this episode.
+        lineage: The episode whose random draws (turn policies) this one shares: itself, or
+            for a fork the episode it was forked from, so its replayed prefix draws the same.
+        prefix: Logged turns a fork keeps: `take_turn` and `add_line` return them verbatim
+            (no model call) while the graph walks them, and fail if the graph diverges.
     """
 
     episode_id: str
@@ -59,17 +107,314 @@ class Episode:
     run_seed: int = 0
     stop_when: StopPredicate | None = None
     retries: int = 3
-    call_timeout_s: float = 600.0
+    deadline_s: float = 600.0
     cache: ResponseCache | None = None
+    observers: list[Observer] = field(default_factory=list)
     history: list[Utterance] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     on_turn: Callable[[int], None] | None = None
+    #: The next turn index (`reserve` hands them out in order).
+    next_turn: int = 0
+    #: Lines and passes of agents taking turns: what `max_turns` counts.
+    turns_taken: int = 0
+    #: Passes in a row (a turn policy ends the episode when everyone passes).
+    passes_in_a_row: int = 0
+    #: The graph's small result, stored in `episodes.outcome_json` (read by later stages).
+    outcome: dict[str, Any] | None = None
+    #: Why the episode ended, for graphs whose state has no `end_reason`.
+    end_reason: str | None = None
+    judgments: list[tuple[int | None, str, Judgment]] = field(default_factory=list)
+    lineage: str = ""
+    prefix: Sequence[Turn] = ()
+    _pending: list[asyncio.Task[Judgment]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lineage = self.lineage or self.episode_id
+        self._labels = [a.label for a in self.agents.values()]
+        for observer in self.observers:
+            observer.judge.watches = observer.watches
 
     @property
     def labels(self) -> list[str]:
-        return [a.label for a in self.agents.values()]
+        """Speaker tags of every agent (stop strings)."""
+        return self._labels
 
+    # -- single steps ------------------------------------------------------------------------
+    def reserve(self) -> int:
+        """The next turn index (fixed before concurrent steps run, so the log order is too)."""
+        turn = self.next_turn
+        self.next_turn += 1
+        return turn
+
+    def seed_for(self, turn: int, name: str, attempt: int = 0) -> int:
+        """The call seed of `name`'s call at turn `turn`."""
+        return derive_seed(self.run_seed, self.episode_id, turn, name, attempt)
+
+    def tags(self, turn: int, call: str, **extra: Any) -> dict[str, Any]:
+        """Request tags naming the episode, the turn and the call (replay matches on them)."""
+        return {"episode_id": self.episode_id, "turn": turn, "call_id": call, **extra}
+
+    async def call(
+        self, name: str, turn: int, request: GenerationRequest, *, purpose: Purpose = "step"
+    ) -> tuple[GenerationResult, str]:
+        """Send `request` for agent `name` (retrying backend errors) and log the call.
+
+        The request should carry `tags(turn, call_id(...))`; its call id is taken from there
+        (default `{episode}-{turn:04d}`).
+        """
+        agent, backend = self.agents[name], self.backends[name]
+        cid = str(request.tags.get("call_id") or call_id(self.episode_id, turn))
+        result, attempts, cache_hit = await self._generate(backend, request)
+        self.prompt_tokens += result.prompt_tokens
+        self.completion_tokens += result.completion_tokens
+        self._log_call(cid, name, agent.render_mode, turn, backend, request, result, attempts,
+                       cache_hit, purpose)  # fmt: skip
+        return result, cid
+
+    def log_turn(
+        self,
+        turn: int,
+        utterance: Utterance,
+        hidden: dict[str, Any] | None = None,
+        call: str | None = None,
+        decision: dict[str, Any] | None = None,
+    ) -> None:
+        """Queue the `turns` row of turn `turn`."""
+        if self.writer is None:
+            return
+        self.writer.insert(
+            "turns",
+            {
+                "episode_id": self.episode_id,
+                "idx": turn,
+                "agent": utterance.agent,
+                "role": self.agents[utterance.agent].role,
+                "kind": utterance.kind,
+                "text": utterance.text,
+                "audience_json": json.dumps(list(utterance.audience))
+                if utterance.audience is not None
+                else None,
+                "hidden_json": json.dumps(hidden) if hidden else None,
+                "decision_json": json.dumps(decision) if decision else None,
+                "call_id": call,
+                "created_at": _now(),
+            },
+        )
+
+    # -- conversation turns ------------------------------------------------------------------
+    def utterance(
+        self,
+        name: str,
+        text: str,
+        kind: LineKind = "line",
+        audience: Sequence[str] | None = None,
+    ) -> Utterance:
+        """A line by `name` (its audience defaults to the agent's own)."""
+        agent = self.agents[name]
+        heard = tuple(audience) if audience is not None else agent.audience
+        return Utterance(name, agent.label, text, heard, kind)
+
+    async def add_line(
+        self,
+        name: str,
+        text: str,
+        *,
+        kind: LineKind = "line",
+        audience: Sequence[str] | None = None,
+        hidden: dict[str, Any] | None = None,
+        decision: dict[str, Any] | None = None,
+    ) -> Utterance:
+        """Log a line with no model call (a seed line, a fixed opening, a decision)."""
+        turn = self.reserve()
+        if turn < len(self.prefix):
+            return await self._kept(turn, name, decision, taken=False)
+        utterance = self.utterance(name, text, kind, audience)
+        self.history.append(utterance)
+        self.log_turn(turn, utterance, hidden, None, decision)
+        await self._after_line(turn, utterance)
+        return utterance
+
+    async def take_turn(
+        self,
+        name: str,
+        *,
+        decision: dict[str, Any] | None = None,
+        pass_token: str | None = None,
+    ) -> Utterance:
+        """Produce, log and return agent `name`'s next line.
+
+        Args:
+            name: The speaking agent.
+            decision: The turn policy's decision that picked it (stored with the turn).
+            pass_token: When set, the agent may abstain: an output equal to it (or empty) is
+                logged as a `pass`, shown to nobody.
+        """
+        agent = self.agents[name]
+        turn = self.reserve()
+        if turn < len(self.prefix):
+            return await self._kept(turn, name, decision, taken=True)
+        hidden: dict[str, Any] = dict(agent.hidden_state())
+        opening = agent.opening() if not any(u.kind == "line" for u in self.history) else None
+        cid: str | None = None
+        kind: LineKind = "line"
+        if opening is not None:
+            text = opening
+            hidden["scripted_opening"] = True
+        else:
+            text, cid = await self._generated_line(agent, turn, hidden, pass_token)
+            if pass_token is not None and (not text or text.lower() == pass_token.lower()):
+                kind, text = "pass", ""
+        utterance = self.utterance(name, text, kind)
+        self.history.append(utterance)
+        self.turns_taken += 1
+        self.passes_in_a_row = self.passes_in_a_row + 1 if kind == "pass" else 0
+        self.log_turn(turn, utterance, hidden, cid, decision)
+        if self.on_turn is not None:
+            self.on_turn(self.completion_tokens)
+        if kind == "line":
+            await self._after_line(turn, utterance)
+        return utterance
+
+    async def _kept(
+        self, turn: int, name: str, decision: dict[str, Any] | None, *, taken: bool
+    ) -> Utterance:
+        """Turn `turn` of a fork's kept prefix, logged again under this episode (`taken`: a
+        turn of an agent taking turns, as `take_turn` counts them)."""
+        kept = self.prefix[turn]
+        if kept.agent != name:
+            raise RuntimeError(
+                f"the fork's kept turns do not replay: at turn {turn} the graph chose {name!r}, "
+                f"the parent episode had {kept.agent!r}"
+            )
+        kind: LineKind = kept.kind  # type: ignore[assignment]
+        utterance = Utterance(name, self.agents[name].label, kept.text, kept.audience, kind)
+        self.history.append(utterance)
+        if taken:
+            self.turns_taken += 1
+            self.passes_in_a_row = self.passes_in_a_row + 1 if kind == "pass" else 0
+        self.log_turn(turn, utterance, kept.hidden, kept.call_id, kept.decision or decision)
+        if taken and self.on_turn is not None:
+            self.on_turn(self.completion_tokens)
+        if kind == "line":
+            await self._after_line(turn, utterance)
+        return utterance
+
+    async def _generated_line(
+        self, agent: Agent, turn: int, hidden: dict[str, Any], pass_token: str | None
+    ) -> tuple[str, str]:
+        backend = self.backends[agent.name]
+        text, cid = "", ""
+        for retry in range(2):  # one more try with a fresh seed if the output is unusable
+            cid = call_id(self.episode_id, turn, retry=retry)
+            seed = self.seed_for(turn, agent.name, retry)
+            request = agent.request(self.history, self.labels, seed=seed, tags=self.tags(turn, cid))
+            result, attempts, hit = await self._generate(backend, request)
+            self.prompt_tokens += result.prompt_tokens
+            self.completion_tokens += result.completion_tokens
+            text = agent.clean(result.text, truncated=result.finish_reason == "length")
+            self._log_call(cid, agent.name, agent.render_mode, turn, backend, request, result,
+                           attempts, hit, "turn")  # fmt: skip
+            if text or pass_token is not None:
+                return text, cid
+        hidden["empty_output"] = True
+        return EMPTY_UTTERANCE, cid
+
+    # -- observers -----------------------------------------------------------------------------
+    async def _after_line(self, turn: int, utterance: Utterance) -> None:
+        if not self.observers or utterance.kind not in ("line", "seed"):
+            return
+        prefix = list(self.history)
+        for observer in self.observers:
+            if observer.when != "turn" or utterance.agent not in observer.watches:
+                continue
+            if utterance.kind == "seed":
+                continue  # fixed lines from the scenario are not rated
+            if observer.route_to:
+                judgment = await self._judge(observer, turn, prefix)
+                if judgment.valid:
+                    await self.add_line(
+                        observer.judge.name,
+                        observer.judge.feedback(judgment),
+                        kind="feedback",
+                        audience=observer.route_to,
+                        hidden={"judgment_of": turn},
+                    )
+            else:
+                self._pending.append(asyncio.ensure_future(self._judge(observer, turn, prefix)))
+
+    async def finish(self) -> None:
+        """Wait for pending verdicts, then run the end-of-episode observers."""
+        try:
+            if self._pending:
+                await asyncio.gather(*self._pending)
+        finally:
+            self._pending.clear()
+        prefix = list(self.history)
+        for observer in self.observers:
+            if observer.when == "end":
+                await self._judge(observer, None, prefix)
+
+    def cancel(self) -> None:
+        """Cancel pending verdicts (the episode failed)."""
+        for task in self._pending:
+            task.cancel()
+        self._pending.clear()
+
+    async def _judge(
+        self, observer: Observer, target: int | None, prefix: list[Utterance]
+    ) -> Judgment:
+        judge = observer.judge
+        line = prefix[-1] if target is not None else None
+        at = target if target is not None else max(self.next_turn - 1, 0)
+        suffix = judge.name if target is not None else f"end-{judge.name}"
+        computed = judge.evaluate(prefix, line)
+        raw, cid = None, None
+        if computed is not None:
+            judgment = judge.judge_parsed(computed)
+        else:
+            backend = self.backends[judge.name]
+            judgment = Judgment(None, False, "no attempt")
+            for attempt in range(judge.max_attempts):
+                cid = call_id(self.episode_id, at, suffix, attempt)
+                request = judge.judgment_request(
+                    prefix,
+                    line,
+                    seed=self.seed_for(at, suffix, attempt),
+                    tags=self.tags(at, cid, purpose="judge"),
+                )
+                result, attempts, hit = await self._generate(backend, request)
+                self.prompt_tokens += result.prompt_tokens
+                self.completion_tokens += result.completion_tokens
+                self._log_call(cid, judge.name, judge.render_mode, at, backend, request, result,
+                               attempts, hit, "judge")  # fmt: skip
+                raw = result.text
+                judgment = judge.parse(result.text)
+                if judgment.valid:
+                    break
+        self.judgments.append((target, judge.name, judgment))
+        if self.writer is not None:
+            self.writer.upsert(
+                "judgments",
+                {
+                    "judgment_id": f"{self.episode_id}:{target if target is not None else 'end'}"
+                    f":{judge.name}",
+                    "episode_id": self.episode_id,
+                    "turn_idx": target,
+                    "judge": judge.name,
+                    "rubric": judge.rubric.id,
+                    "raw": raw if raw is not None else json.dumps(computed),
+                    "parsed_json": json.dumps(judgment.parsed) if judgment.parsed else None,
+                    "valid": int(judgment.valid),
+                    "error": judgment.error,
+                    "score": judgment.score,
+                    "call_id": cid,
+                    "created_at": _now(),
+                },
+            )
+        return judgment
+
+    # -- model calls ---------------------------------------------------------------------------
     async def _generate(
         self, backend: Backend, request: GenerationRequest
     ) -> tuple[GenerationResult, int, bool]:
@@ -77,96 +422,40 @@ class Episode:
         key = cache_key(backend.backend_id, request) if self.cache is not None else ""
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return hit, 0, True
-        try:  # the common case first: one attempt, no retry machinery on the hot path
-            result, attempts = await self._attempt(backend, request), 1
-        except _RETRYABLE:
-            result, attempts = await self._retry(backend, request)
+        deadline = time.monotonic() + self.deadline_s
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    result = await backend.generate(request)
+                break
+            except _RETRYABLE as exc:
+                left = deadline - time.monotonic()
+                if attempts >= self.retries or not _retryable(exc) or left <= 0:
+                    if isinstance(exc, TimeoutError) and left <= 0:
+                        raise TimeoutError(
+                            f"no reply from {backend.backend_id} within {self.deadline_s:g} s "
+                            f"({attempts} attempt{'s' if attempts > 1 else ''})"
+                        ) from exc
+                    raise
+                await asyncio.sleep(min(0.2 * 2 ** (attempts - 1), 5.0, max(left, 0.0)))
         if self.cache is not None:
             self.cache.put(key, backend.backend_id, result)
         return result, attempts, False
 
-    async def _attempt(self, backend: Backend, request: GenerationRequest) -> GenerationResult:
-        async with asyncio.timeout(self.call_timeout_s):
-            return await backend.generate(request)
-
-    async def _retry(
-        self, backend: Backend, request: GenerationRequest
-    ) -> tuple[GenerationResult, int]:
-        """Attempts 2..`retries` with exponential backoff; the last error propagates."""
-        attempts = 1
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(max(1, self.retries - 1)),
-            wait=wait_exponential(multiplier=0.2, max=5),
-            retry=retry_if_exception_type(_RETRYABLE),
-            reraise=True,
-        ):
-            with attempt:
-                await asyncio.sleep(0.1 * attempts)
-                attempts += 1
-                return await self._attempt(backend, request), attempts
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def take_turn(self, name: str, turn: int) -> Utterance:
-        """Produce, log and return agent `name`'s line for turn `turn`."""
-        agent = self.agents[name]
-        hidden: dict[str, Any] = dict(agent.hidden_state())
-        call_id: str | None = None
-        opening = agent.opening() if turn == 0 else None
-        if opening is not None:
-            text = opening
-            hidden["scripted_opening"] = True
-        else:
-            text, call_id = await self._generated_line(agent, turn, hidden)
-        utterance = Utterance(agent=name, label=agent.label, text=text)
-        self.history.append(utterance)
-        if self.writer is not None:
-            self.writer.insert(
-                "turns",
-                {
-                    "episode_id": self.episode_id,
-                    "idx": turn,
-                    "agent": name,
-                    "role": agent.role,
-                    "text": text,
-                    "hidden_json": json.dumps(hidden) if hidden else None,
-                    "call_id": call_id,
-                    "created_at": _now(),
-                },
-            )
-        if self.on_turn is not None:
-            self.on_turn(self.completion_tokens)
-        return utterance
-
-    async def _generated_line(
-        self, agent: Agent, turn: int, hidden: dict[str, Any]
-    ) -> tuple[str, str]:
-        backend = self.backends[agent.name]
-        tags = {"episode_id": self.episode_id, "turn": turn}
-        text = ""
-        for retry in range(2):  # one more try with a fresh seed if the output is unusable
-            seed = derive_seed(self.run_seed, self.episode_id, turn, agent.name, retry)
-            request = agent.request(self.history, self.labels, seed=seed, tags=tags)
-            result, attempts, hit = await self._generate(backend, request)
-            self.prompt_tokens += result.prompt_tokens
-            self.completion_tokens += result.completion_tokens
-            text = agent.clean(result.text, truncated=result.finish_reason == "length")
-            call_id = f"{self.episode_id}-{turn:04d}" + (f"-r{retry}" if retry else "")
-            self._log_call(call_id, agent, turn, backend, request, result, attempts, hit)
-            if text:
-                return text, call_id
-        hidden["empty_output"] = True
-        return EMPTY_UTTERANCE, call_id
-
     def _log_call(
         self,
-        call_id: str,
-        agent: Agent,
+        cid: str,
+        name: str,
+        render_mode: str,
         turn: int,
         backend: Backend,
         request: GenerationRequest,
         result: GenerationResult,
         attempts: int,
         cache_hit: bool,
+        purpose: Purpose,
     ) -> None:
         if self.writer is None:
             return
@@ -175,20 +464,27 @@ class Episode:
             if request.messages is not None
             else None
         )
+        logprobs = (
+            json.dumps([[t.token, t.logprob, t.top] for t in result.logprobs])
+            if result.logprobs
+            else None
+        )
         self.writer.insert(
             "llm_calls",
             {
-                "call_id": call_id,
+                "call_id": cid,
                 "episode_id": self.episode_id,
                 "turn_idx": turn,
-                "agent": agent.name,
+                "agent": name,
+                "purpose": purpose,
                 "backend": backend.backend_id,
-                "render_mode": agent.render_mode,
+                "render_mode": render_mode,
                 "prompt": request.prompt,
                 "messages_json": messages,
                 "params_json": json.dumps(request.params()),
                 "seed": request.seed,
                 "output": result.text,
+                "logprobs_json": logprobs,
                 "finish_reason": result.finish_reason,
                 "prompt_tokens": result.prompt_tokens,
                 "completion_tokens": result.completion_tokens,

@@ -1,19 +1,21 @@
 """Replay: debug, re-execute and fork logged episodes.
 
 `ReplayBackend` (backend spec `replay:PATH.db`) serves the model outputs recorded in a run
-database. `verify_episode` / `verify_run` re-run an episode's graph with the current code on
-those outputs and report "identical" or the first differing turn with a diff of its prompt.
-`fork_episode` continues an episode from turn K with another backend, sampling or persona
-setting as a new episode that records its parent. `episode_steps` is what the terminal viewer
-(`personae replay`) shows per turn.
+database. `verify_episode` / `verify_run` re-run an episode's graph — any graph kind — with the
+current code on those outputs and report "identical" or the first differing turn with a diff of
+its prompt. `fork_episode` continues an episode from turn K with another backend, sampling or
+persona setting as a new episode that records its parent. `episode_steps` is what the terminal
+viewer (`personae replay`) shows per turn.
 """
 
-from personae.replay._backend import ReplayBackend, ReplayMissError, call_id_for
-from personae.replay._fork import ForkResult, afork_episode, apply_settings, fork_episode, fork_id
+from personae.replay._backend import ForkBackend, ReplayBackend, ReplayMissError, call_id_for
+from personae.replay._fork import ForkResult, ForkStudy, afork_episode, fork_episode, fork_id
 from personae.replay._setup import (
     EpisodeSetup,
     is_scenario_run,
+    lineage,
     load_setup,
+    prepare_stages,
     scenario_of_run,
     utterances,
 )
@@ -31,14 +33,15 @@ from personae.replay._verify import (
 __all__ = [
     "HIDDEN_TABLES",
     "EpisodeSetup",
+    "ForkBackend",
     "ForkResult",
+    "ForkStudy",
     "ReplayBackend",
     "ReplayMissError",
     "Step",
     "TurnDiff",
     "VerifyResult",
     "afork_episode",
-    "apply_settings",
     "averify_episode",
     "averify_run",
     "call_id_for",
@@ -46,7 +49,9 @@ __all__ = [
     "fork_episode",
     "fork_id",
     "is_scenario_run",
+    "lineage",
     "load_setup",
+    "prepare_stages",
     "rendered_prompt",
     "scenario_of_run",
     "utterances",

@@ -1,16 +1,19 @@
 """The `replay` backend: serves the model outputs recorded in a run database.
 
 Spec: `replay:PATH.db` (options: `render=transcript|chat`, default: the mode most calls in the
-database were rendered in). A request is matched to a recorded call by its tags: the Episode asks
-with `episode_id` and `turn`, and names its calls `{episode_id}-{turn:04d}` plus `-r1` for the
-retry after an empty output, so the n-th request for the same (episode, turn) is served the
-recorded call with retry suffix n. Every request is remembered (`requests`, by call id) so a
-re-execution can compare the prompts it rendered with the recorded ones. A request with no
-recorded call raises `ReplayMissError`, which is not a `BackendError`: retrying cannot help.
+database were rendered in). A request is matched to a recorded call by the `call_id` in its tags
+(the Episode names every call: `{episode_id}-{turn:04d}`, a suffix for judges and selectors,
+`-rN` for retries), and served its text, finish reason, token counts and logprobs. Requests
+without a `call_id` tag (older callers) are matched by `episode_id` and `turn`, the n-th request
+for the same pair getting retry suffix n. `rename` maps an episode id to the one whose recording
+serves it (a fork replays its parent's prefix). Every request is remembered (`requests`, by call
+id) so a re-execution can compare the prompts it rendered with the recorded ones. A request with
+no recorded call raises `ReplayMissError`, which is not a `BackendError`: retrying cannot help.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
@@ -21,6 +24,7 @@ from personae.backends import (
     GenerationRequest,
     GenerationResult,
     RenderMode,
+    TokenLogprob,
     register_backend,
 )
 from personae.errors import UserError
@@ -63,8 +67,15 @@ class ReplayBackend(Backend):
 
     backend_id = "replay"
 
-    def __init__(self, path: str | Path, *, render: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        render: str | None = None,
+        rename: dict[str, str] | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.rename = dict(rename or {})
         check_database(self.path)
         if render not in (None, "transcript", "chat"):
             raise UserError(
@@ -110,27 +121,35 @@ class ReplayBackend(Backend):
         """The recorded `llm_calls` row for `call_id`, or None."""
         row = (
             self._connect()
-            .execute(
-                "SELECT output, finish_reason, prompt_tokens, completion_tokens, cached_tokens "
-                "FROM llm_calls WHERE call_id = ?",
-                (call_id,),
-            )
+            .execute("SELECT * FROM llm_calls WHERE call_id = ?", (call_id,))
             .fetchone()
         )
         return dict(row) if row is not None else None
 
+    def _source(self, call_id: str) -> str:
+        for new, old in self.rename.items():
+            if call_id.startswith(new):
+                return old + call_id[len(new) :]
+        return call_id
+
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         episode_id, turn = request.tags.get("episode_id"), request.tags.get("turn")
-        if episode_id is None or turn is None:
-            raise ReplayMissError("(request without episode_id/turn tags)", None, request)
-        key = (str(episode_id), int(turn))
-        retry = self._served[key]
-        self._served[key] = retry + 1
-        call_id = call_id_for(key[0], key[1], retry)
+        tagged = request.tags.get("call_id")
+        if tagged is not None:
+            call_id = str(tagged)
+        elif episode_id is None or turn is None:
+            raise ReplayMissError(
+                "(request without call_id or episode_id/turn tags)", None, request
+            )
+        else:
+            key = (str(episode_id), int(turn))
+            retry = self._served[key]
+            self._served[key] = retry + 1
+            call_id = call_id_for(key[0], key[1], retry)
         self.requests[call_id] = request
-        row = self.recorded(call_id)
+        row = self.recorded(self._source(call_id))
         if row is None or row["output"] is None:
-            raise ReplayMissError(call_id, key[1], request)
+            raise ReplayMissError(call_id, int(turn) if turn is not None else None, request)
         return GenerationResult(
             text=str(row["output"]),
             finish_reason=str(row["finish_reason"] or "stop"),
@@ -138,11 +157,45 @@ class ReplayBackend(Backend):
             completion_tokens=int(row["completion_tokens"] or 0),
             cached_tokens=row["cached_tokens"],
             latency_s=0.0,
+            logprobs=_logprobs(row.get("logprobs_json")),
         )
+
+
+def _logprobs(raw: str | None) -> tuple[TokenLogprob, ...] | None:
+    if not raw:
+        return None
+    return tuple(
+        TokenLogprob(t, float(lp), {k: float(v) for k, v in top.items()})
+        for t, lp, top in json.loads(raw)
+    )
+
+
+class ForkBackend(Backend):
+    """Serves turns before `fork_turn` from a recording (the parent's), the rest from `live`.
+
+    A fork re-executes its episode from the start: every call of a turn before the fork turn is
+    answered with the parent's recorded output, so the graph (whatever its kind) walks the same
+    prefix, then continues on the live engine.
+    """
+
+    def __init__(self, live: Backend, recorded: ReplayBackend, fork_turn: int) -> None:
+        self.live = live
+        self.recorded = recorded
+        self.fork_turn = fork_turn
+        self.backend_id = live.backend_id
+        self.render_mode = live.render_mode
+        self.parallelism = live.parallelism
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        turn = request.tags.get("turn")
+        if turn is not None and int(turn) < self.fork_turn:
+            return await self.recorded.generate(request)
+        return await self.live.generate(request)
 
 
 @register_backend("replay")
 def _replay(target: str | None, options: dict[str, Any]) -> Backend:
+    """Serves the model outputs recorded in a run database (replay:PATH.db)."""
     if not target:
         raise UserError(
             "the replay backend needs a run database",

@@ -1,135 +1,131 @@
 """Rebuilding what ran an episode from its database rows.
 
-The scenario comes from `runs.spec_json` and the personas from `episodes.personas_json` (each
-validated with its role's persona model), so no scenario or persona file is needed: an episode
-can be re-executed, forked or exported from the database alone.
+The study comes from the run's stored spec (`runs.spec_json`, by kind), the episode's plan from
+its row (personas validated with their roles' models), and the state of earlier stages from the
+outcomes of their episodes: no scenario, persona or data file needs to be given again, for any
+graph kind. Code a run imported (`imports:`) is never imported from a database: pass `--import`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
-from personae.agents import Agent, Utterance, get_role
-from personae.backends import Backend
+from personae.agents import Agent, Utterance
 from personae.errors import UserError
-from personae.runner import build_agents
-from personae.scenario import Scenario, validation_error
+from personae.runner import ConversationStudy, Study, stored_kind, study_of_run
+from personae.scenario import EpisodePlan, Scenario
 from personae.store import RunLog, Turn
 
 
 @dataclass(frozen=True)
 class EpisodeSetup:
-    """Everything needed to run an episode again.
+    """Everything needed to run a logged episode again.
 
     Attributes:
-        episode_id: The full episode id.
-        run_id: The run it belongs to.
-        scenario: The scenario as it was run (from `runs.spec_json`).
-        personas: Validated personas by agent name.
-        seed: The run seed its call seeds derive from.
         row: The decoded episode row (`condition`, `personas`, status, fork columns...).
+        study: The study its run was started with.
+        plan: Its plan (lineage set to the episode it descends from).
     """
 
-    episode_id: str
-    run_id: str
-    scenario: Scenario
-    personas: dict[str, BaseModel]
-    seed: int
     row: dict[str, Any]
+    study: Study
+    plan: EpisodePlan
+
+    @property
+    def episode_id(self) -> str:
+        """The full episode id."""
+        return self.plan.episode_id
+
+    @property
+    def run_id(self) -> str:
+        """The run it belongs to."""
+        return str(self.row["run_id"])
 
     @property
     def fork_turn(self) -> int:
         """The turn this episode was forked at (0 for an episode that is not a fork)."""
         return int(self.row.get("fork_turn") or 0)
 
-    def agents(self, backends: Mapping[str, Backend]) -> dict[str, Agent]:
-        """Fresh agents for this episode, rendering for `backends`' modes."""
-        return build_agents(self.scenario, self.personas, backends)
-
-    def roles(self) -> dict[str, str]:
-        """Role of each agent, by agent name."""
-        return {name: spec.role for name, spec in self.scenario.agents.items()}
-
-
-def is_scenario_run(run: dict[str, Any]) -> bool:
-    """True when a run was started from a conversation `Scenario` (`personae run`, a fork),
-    False for runs of other kinds (e.g. a teaching experiment) whose spec has another shape."""
-    try:
-        spec = json.loads(run.get("spec_json") or "{}")
-    except json.JSONDecodeError:
-        return False
-    return isinstance(spec, dict) and isinstance(spec.get("agents"), dict)
+    @property
+    def scenario(self) -> Scenario:
+        """The conversation scenario (`UserError` for runs of other kinds)."""
+        if not isinstance(self.study, ConversationStudy):
+            raise UserError(
+                f"this is a {self.study.kind} run, not a conversation scenario",
+                where=f"episode {self.episode_id}",
+                fix="sft/dpo export rebuild agents from conversation scenarios; use jsonl/csv",
+            )
+        return self.study.scenario
 
 
-def scenario_of_run(log: RunLog, run_id: str) -> Scenario:
-    """The scenario a run was started with.
-
-    Raises:
-        UserError: the run was not started from a conversation scenario, or its stored
-            scenario no longer validates.
-    """
-    run = log.run(run_id)
-    where = f"{log.path}: run {run_id} ({run.get('scenario')})"
-    if not is_scenario_run(run):
-        raise UserError(
-            "this run was not started from a conversation scenario (e.g. it is a teaching "
-            "experiment), so its episodes cannot be rebuilt",
-            where=where,
-            fix="replay, fork and sft/dpo export work on 'personae run' databases; "
-            "'personae export --format jsonl|csv' and 'personae replay --print' work on any",
-        )
-    try:
-        return Scenario.model_validate_json(run["spec_json"])
-    except ValidationError as exc:
-        raise validation_error(exc, f"{where}: runs.spec_json", Scenario) from None
+def lineage(log: RunLog, episode_id: str) -> str:
+    """The root of a fork chain (an episode that is not a fork is its own root)."""
+    seen = {episode_id}
+    current = episode_id
+    while True:
+        rows = log.query("SELECT parent_episode_id FROM episodes WHERE episode_id = ?", current)
+        parent = rows[0].get("parent_episode_id") if rows else None
+        if not parent or parent in seen:
+            return current
+        seen.add(parent)
+        current = str(parent)
 
 
 def load_setup(log: RunLog, episode: str) -> EpisodeSetup:
     """Rebuild the setup of `episode` (an id, unique prefix or list index) from `log`.
 
     Raises:
-        UserError: unknown episode, or a stored scenario/persona that this version (or the
-            roles registered in this process) cannot rebuild.
+        UserError: unknown episode, or a stored spec/persona that this version (or the code
+            imported in this process) cannot rebuild.
     """
     row = log.episode(episode)
-    scenario = scenario_of_run(log, row["run_id"])
-    personas: dict[str, BaseModel] = {}
-    for name, spec in scenario.agents.items():
-        where = f"{log.path}: episode {row['episode_id']}, agent {name!r}"
-        role = get_role(spec.role, where=where)
-        data = row["personas"].get(name)
-        if not isinstance(data, dict):
-            raise UserError(
-                "no stored persona for this agent",
-                where=where,
-                fix="the episode row is incomplete; re-run the scenario",
-            )
-        try:
-            personas[name] = role.persona_model.model_validate(data)
-        except ValidationError as exc:
-            raise validation_error(exc, where, role.persona_model) from None
-    return EpisodeSetup(
-        episode_id=row["episode_id"],
-        run_id=row["run_id"],
-        scenario=scenario,
-        personas=personas,
-        seed=int(row["seed"] or 0),
-        row=row,
-    )
+    study = study_of_run(log, row["run_id"])
+    plan = study.restore(row)
+    plan = dataclasses.replace(plan, lineage=lineage(log, plan.episode_id))
+    return EpisodeSetup(row=row, study=study, plan=plan)
 
 
-def utterances(turns: list[Turn], agents: Mapping[str, Agent]) -> list[Utterance]:
-    """Logged turns as the `Utterance` history a graph hands to agents."""
+async def prepare_stages(log: RunLog, setup: EpisodeSetup) -> None:
+    """Give the study the state of every stage before the episode's (from stored outcomes)."""
+    stage = setup.plan.stage
+    outcomes: dict[str, Any] = {}
+    if stage > 0:
+        earlier = [p.episode_id for p in setup.study.plan() if p.stage < stage]
+        outcomes = log.outcomes(earlier)
+    for k in range(stage + 1):
+        await setup.study.prepare(k, outcomes, None, "")
+
+
+def is_scenario_run(run: Mapping[str, Any]) -> bool:
+    """True when a run was started from a conversation scenario (`personae run`, a fork)."""
+    return stored_kind(run) == "scenario"
+
+
+def scenario_of_run(log: RunLog, run_id: str) -> Scenario:
+    """The conversation scenario a run was started with (`UserError` for other kinds)."""
+    study = study_of_run(log, run_id)
+    if not isinstance(study, ConversationStudy):
+        raise UserError(
+            f"run {run_id} is a {study.kind} run, not a conversation scenario",
+            where=str(log.path),
+            fix="sft/dpo export rebuild agents from conversation scenarios; use jsonl/csv",
+        )
+    return study.scenario
+
+
+def utterances(turns: Sequence[Turn], agents: Mapping[str, Agent]) -> list[Utterance]:
+    """Logged turns as the `Utterance` history a graph hands to agents (audiences and kinds
+    kept, so every agent's view of them follows the same audience rule as live)."""
     return [
         Utterance(
             agent=t.agent,
             label=agents[t.agent].label if t.agent in agents else t.agent,
             text=t.text,
+            audience=t.audience,
+            kind=t.kind,  # type: ignore[arg-type]
         )
         for t in turns
     ]

@@ -1,13 +1,15 @@
 """Exact re-execution: run a logged episode's graph again on its recorded outputs and compare.
 
-The scenario and personas are rebuilt from the database, the agents and graph with the current
-code (`runner.build_agents`, `runner.build_graph`), and every agent is bound to a `ReplayBackend`
-serving the recorded outputs. The episode runs with its own id and run seed (so per-call seeds
-match) and an in-memory writer; nothing is written to the database. The re-run is then compared
-turn by turn with the log: speaker, every model call's rendered prompt, seed and sampling
-parameters, the visible text and the hidden state, and finally the end reason. The first
-difference is reported with a unified diff (of the prompts when they differ). A call the
-graph asks for that was never recorded is a difference at that turn, not a crash.
+The study, the episode's plan and the state of its earlier stages are rebuilt from the database
+(`load_setup`), the agents and graph with the current code, and every agent is bound to a
+`ReplayBackend` serving the recorded outputs (matched by call id). The episode runs with its own
+id and seed (so per-call seeds match) and an in-memory writer; nothing is written to the
+database. The re-run is then compared turn by turn with the log: speaker, every model call's
+rendered prompt, seed and sampling parameters, the visible text, its kind and audience, the turn
+policy's decision and the hidden state, then the judgments and the end reason. The first
+difference is reported with a unified diff (of the prompts when they differ). A call the graph
+asks for that was never recorded is a difference at that turn, not a crash. Works for every
+graph kind and any number of agents.
 """
 
 from __future__ import annotations
@@ -24,10 +26,9 @@ from typing import Any
 
 from personae.agents import Utterance
 from personae.backends import Backend
-from personae.graphs import Episode
 from personae.replay._backend import ReplayBackend, ReplayMissError
-from personae.replay._setup import load_setup, utterances
-from personae.runner import build_graph
+from personae.replay._setup import load_setup, prepare_stages
+from personae.runner import Services
 from personae.store import RunLog, TurnLogWriter
 
 
@@ -113,6 +114,34 @@ def _json(value: Any) -> str:
     return json.dumps(value, indent=1, sort_keys=True, default=str)
 
 
+def _decoded(raw: str | None) -> Any:
+    return json.loads(raw) if raw else None
+
+
+def _compare_judgments(
+    logged: list[dict[str, Any]], rerun: list[dict[str, Any]]
+) -> TurnDiff | None:
+    def key(row: dict[str, Any]) -> tuple[int, str]:
+        return (row["turn_idx"] if row["turn_idx"] is not None else 10**9, str(row["judge"]))
+
+    old = {key(r): r for r in logged}
+    new = {key(r): r for r in rerun}
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        turn = k[0] if k[0] < 10**9 else -1
+        if a is None or b is None:
+            which = "the re-run" if a is None else "the log"
+            return TurnDiff(turn, f"judge {k[1]!r}: a judgment only in {which}")
+        b_parsed = _decoded(b.get("parsed_json"))
+        if (a["parsed"], bool(a["valid"])) != (b_parsed, bool(b["valid"])):
+            return TurnDiff(
+                turn,
+                f"judge {k[1]!r}'s judgment differs",
+                _diff(_json(a["parsed"]), _json(b_parsed), "logged judgment", "re-run judgment"),
+            )
+    return None
+
+
 def _compare_calls(
     turn: int, logged: list[dict[str, Any]], rerun: list[dict[str, Any]]
 ) -> TurnDiff | None:
@@ -182,6 +211,13 @@ def _compare(
             )
         if old.agent != new_agent:
             return TurnDiff(t, f"speaker differs: logged {old.agent!r}, re-run {new_agent!r}")
+        if new is not None and old.decision != _decoded(new.get("decision_json")):
+            return TurnDiff(
+                t,
+                "turn policy decision differs",
+                _diff(_json(old.decision), _json(_decoded(new.get("decision_json"))),
+                      "logged decision", "re-run decision"),
+            )  # fmt: skip
         found = _compare_calls(t, logged_calls.get(t, []), calls)
         if found is not None:
             return found
@@ -192,6 +228,17 @@ def _compare(
                 t,
                 f"{old.agent}'s utterance differs",
                 _diff(old.text, new["text"], "logged text", "re-run text"),
+            )
+        new_audience = _decoded(new.get("audience_json"))
+        if (old.kind, old.audience) != (
+            new.get("kind") or "line",
+            tuple(new_audience) if new_audience else None,
+        ):
+            return TurnDiff(
+                t,
+                f"{old.agent}'s line kind or audience differs: logged {old.kind} to "
+                f"{list(old.audience) if old.audience else 'everyone'}, re-run "
+                f"{new.get('kind')} to {new_audience or 'everyone'}",
             )
         new_hidden = json.loads(new["hidden_json"]) if new.get("hidden_json") else {}
         if old.hidden != new_hidden:
@@ -218,40 +265,31 @@ async def averify_episode(
         setup = load_setup(log, episode)
         logged = log.turns(setup.episode_id)
         calls = log.calls(setup.episode_id)
-    start = setup.fork_turn
+        judged = log.judgments(setup.episode_id)
+        await prepare_stages(log, setup)
     modes = {c["agent"]: c["render_mode"] for c in calls if c["render_mode"]}
     fallback = next(iter(modes.values()), "transcript")  # an agent that made no call
     by_mode: dict[str, ReplayBackend] = {}
     backends: dict[str, Backend] = {}
-    for name in setup.scenario.agents:
+    for name in setup.study.backend_specs():
         mode = modes.get(name, fallback)
         if mode not in by_mode:
             by_mode[mode] = ReplayBackend(db, render=mode)
         backends[name] = by_mode[mode]
-    agents = setup.agents(backends)
     writer = _MemoryWriter()
-    episode_ctx = Episode(
-        episode_id=setup.episode_id,
-        agents=agents,
-        backends=backends,
-        writer=writer,
-        run_seed=setup.seed,
-        stop_when=stop_when,
-    )
-    episode_ctx.history.extend(utterances([t for t in logged if t.idx < start], agents))
-    graph = build_graph(setup.scenario)
+    job = setup.study.job(setup.plan, Services(backends, writer, None, stop_when))
+    start = setup.fork_turn  # a fork's turns before it are the parent's, kept verbatim
+    job.episode.prefix = [t for t in logged if t.idx < start]
     new_end: str | None = None
     missed: ReplayMissError | None = None
     for backend in by_mode.values():
         await backend.start()
     try:
-        state = await graph.ainvoke(
-            {"turn": start, "end_reason": None},
-            config={"recursion_limit": setup.scenario.graph.max_turns + 10},
-            context=episode_ctx,
-        )
-        new_end = state.get("end_reason")
+        state = await job.graph.ainvoke(job.input, config=job.config, context=job.episode)
+        await job.episode.finish()
+        new_end = state.get("end_reason") or job.episode.end_reason
     except ReplayMissError as exc:
+        job.episode.cancel()
         missed = exc
     finally:
         for backend in by_mode.values():
@@ -284,17 +322,23 @@ async def averify_episode(
     for call in calls:
         if call["turn_idx"] >= start:
             logged_calls[int(call["turn_idx"])].append(call)
+    for grouped in (new_calls, logged_calls):  # judges run concurrently: compare by call id
+        for turn_calls in grouped.values():
+            turn_calls.sort(key=lambda c: str(c["call_id"]))
+    complete = setup.row.get("status") == "complete"
     first = _compare(
         start,
         {t.idx: t for t in logged if t.idx >= start},
         logged_calls,
-        {int(r["idx"]): r for r in writer.rows["turns"]},
-        new_calls,
-        setup.row.get("end_reason") if setup.row.get("status") == "complete" else None,
+        {int(r["idx"]): r for r in writer.rows["turns"] if r["idx"] >= start},
+        {t: c for t, c in new_calls.items() if t >= start},
+        setup.row.get("end_reason") if complete else None,
         new_end,
     )
     if first is None and missed is not None:  # a miss without a turn tag
         first = TurnDiff(start, str(missed))
+    if first is None and complete:
+        first = _compare_judgments(judged, writer.rows["judgments"])
     return VerifyResult(setup.episode_id, len(logged), start, first)
 
 

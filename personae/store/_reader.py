@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,19 @@ from personae.store._schema import check_database, readonly_uri
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """One logged turn: who spoke, what they said (visible text) and hidden state."""
+    """One logged turn: who spoke, what they said (visible text), to whom, and hidden state.
+
+    Attributes:
+        idx: Turn index within the episode.
+        agent: Speaker (agent name).
+        role: The speaker's role.
+        text: Visible text.
+        hidden: The speaker's private per-turn state.
+        call_id: The model call behind it (None for a line with no call).
+        kind: `line`, `seed`, `pass` or `feedback` (see `personae.agents.LineKind`).
+        audience: Who heard it besides the speaker (None: everyone).
+        decision: The turn policy's decision that picked the speaker, if any.
+    """
 
     idx: int
     agent: str
@@ -26,6 +39,31 @@ class Turn:
     text: str
     hidden: dict[str, Any]
     call_id: str | None
+    kind: str = "line"
+    audience: tuple[str, ...] | None = None
+    decision: dict[str, Any] | None = None
+
+    def visible_to(self, name: str) -> bool:
+        """Whether agent `name` could see this turn (the audience rule)."""
+        if self.kind == "pass":
+            return False
+        return self.audience is None or name == self.agent or name in self.audience
+
+
+def _turn(r: dict[str, Any]) -> Turn:
+    audience = r.get("audience_json")
+    decision = r.get("decision_json")
+    return Turn(
+        idx=r["idx"],
+        agent=r["agent"],
+        role=r["role"],
+        text=r["text"],
+        hidden=json.loads(r["hidden_json"] or "{}"),
+        call_id=r["call_id"],
+        kind=r.get("kind") or "line",
+        audience=tuple(json.loads(audience)) if audience else None,
+        decision=json.loads(decision) if decision else None,
+    )
 
 
 class RunLog:
@@ -110,16 +148,44 @@ class RunLog:
         """The episode's turns in order."""
         full = self.resolve_episode(episode_id)
         return [
-            Turn(
-                idx=r["idx"],
-                agent=r["agent"],
-                role=r["role"],
-                text=r["text"],
-                hidden=json.loads(r["hidden_json"] or "{}"),
-                call_id=r["call_id"],
-            )
+            _turn(r)
             for r in self._rows("SELECT * FROM turns WHERE episode_id = ? ORDER BY idx", full)
         ]
+
+    def has_table(self, name: str) -> bool:
+        """Whether the database has table `name` (older versions lack some)."""
+        return bool(
+            self._rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", name)
+        )
+
+    def judgments(self, episode_id: str | None = None) -> list[dict[str, Any]]:
+        """Judgments (of one episode, or all), `parsed` decoded, in turn order."""
+        if not self.has_table("judgments"):
+            return []
+        if episode_id is None:
+            rows = self._rows("SELECT * FROM judgments ORDER BY episode_id, turn_idx, judge")
+        else:
+            full = self.resolve_episode(episode_id)
+            rows = self._rows(
+                "SELECT * FROM judgments WHERE episode_id = ? ORDER BY turn_idx, judge", full
+            )
+        for row in rows:
+            row["parsed"] = json.loads(row.pop("parsed_json") or "null")
+        return rows
+
+    def outcomes(self, episode_ids: Sequence[str]) -> dict[str, Any]:
+        """`outcome_json` of the complete episodes among `episode_ids`, decoded, by id."""
+        found: dict[str, Any] = {}
+        ids = list(episode_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" for _ in chunk)
+            for r in self._rows(
+                f"SELECT * FROM episodes WHERE status = 'complete' AND episode_id IN ({marks})",
+                *chunk,
+            ):
+                found[r["episode_id"]] = json.loads(r.get("outcome_json") or "null")
+        return found
 
     def calls(self, episode_id: str) -> list[dict[str, Any]]:
         """The episode's model calls in order."""

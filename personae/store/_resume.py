@@ -10,8 +10,8 @@ import sqlite_utils
 def prepare_rerun(db: sqlite_utils.Database, episode_ids: Sequence[str]) -> set[str]:
     """Return the ids among `episode_ids` already complete in `db`.
 
-    Turns and calls of the other (pending, running or failed) episodes are deleted in one
-    transaction, so those episodes restart from turn 0 with no duplicated turns.
+    Turns, calls and judgments of the other (pending, running or failed) episodes are deleted
+    in one transaction, so those episodes restart from turn 0 with no duplicated rows.
     """
     done: set[str] = set()
     partial: list[str] = []
@@ -26,4 +26,5 @@ def prepare_rerun(db: sqlite_utils.Database, episode_ids: Sequence[str]) -> set[
         for episode_id in partial:
             db.execute("DELETE FROM turns WHERE episode_id = ?", [episode_id])
             db.execute("DELETE FROM llm_calls WHERE episode_id = ?", [episode_id])
+            db.execute("DELETE FROM judgments WHERE episode_id = ?", [episode_id])
     return done

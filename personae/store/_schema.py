@@ -1,11 +1,14 @@
 """The turn-log schema: tables, version check and opening a database safely.
 
-Tables: `meta` (app name and `schema_version`), `runs`, `episodes`, `turns` (append-only; visible
-text in `text`, hidden per-turn state in `hidden_json`), `llm_calls` (rendered prompt, sampling
-params, seed, raw output, token counts, latency, backend id) and `interventions` (teaching
-experiments: each decision with its rank, budget state and utility estimates, never shown to the
-student). Readers refuse databases written by a
-newer schema and files that are not personae databases.
+Tables: `meta` (app name and `schema_version`), `runs`, `episodes` (with a graph's small
+`outcome_json` that later stages read), `turns` (append-only; visible text in `text`, its
+audience, its kind, the turn policy's decision, hidden per-turn state in `hidden_json`),
+`llm_calls` (rendered prompt, sampling params, seed, raw output and logprobs, token counts,
+latency, backend id, purpose), `judgments` (a judge's verdict on a turn or an episode: raw and
+parsed output, valid flag, score) and `interventions` (teaching experiments: each decision with
+its rank, budget state and utility estimates, never shown to the student). Readers refuse
+databases written by a newer schema and files that are not personae databases; writers migrate
+older ones (`ensure_schema`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import sqlite_utils
 from personae.errors import UserError
 
 APP = "personae"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _TABLES: dict[str, dict[str, Any]] = {
     "runs": {
@@ -37,6 +40,7 @@ _TABLES: dict[str, dict[str, Any]] = {
             "finished_at": str,
             "summary_json": str,
             "personae_version": str,
+            "study": str,
         },
         "pk": "run_id",
     },
@@ -57,6 +61,8 @@ _TABLES: dict[str, dict[str, Any]] = {
             "finished_at": str,
             "parent_episode_id": str,
             "fork_turn": int,
+            "stage": int,
+            "outcome_json": str,
         },
         "pk": "episode_id",
         "foreign_keys": [("run_id", "runs", "run_id")],
@@ -68,8 +74,11 @@ _TABLES: dict[str, dict[str, Any]] = {
             "idx": int,
             "agent": str,
             "role": str,
+            "kind": str,
             "text": str,
+            "audience_json": str,
             "hidden_json": str,
+            "decision_json": str,
             "call_id": str,
             "created_at": str,
         },
@@ -82,6 +91,7 @@ _TABLES: dict[str, dict[str, Any]] = {
             "episode_id": str,
             "turn_idx": int,
             "agent": str,
+            "purpose": str,
             "backend": str,
             "render_mode": str,
             "prompt": str,
@@ -89,6 +99,7 @@ _TABLES: dict[str, dict[str, Any]] = {
             "params_json": str,
             "seed": int,
             "output": str,
+            "logprobs_json": str,
             "finish_reason": str,
             "prompt_tokens": int,
             "completion_tokens": int,
@@ -101,9 +112,27 @@ _TABLES: dict[str, dict[str, Any]] = {
         "pk": "call_id",
         "foreign_keys": [("episode_id", "episodes", "episode_id")],
     },
+    "judgments": {
+        "columns": {
+            "judgment_id": str,
+            "episode_id": str,
+            "turn_idx": int,
+            "judge": str,
+            "rubric": str,
+            "raw": str,
+            "parsed_json": str,
+            "valid": int,
+            "error": str,
+            "score": float,
+            "call_id": str,
+            "created_at": str,
+        },
+        "pk": "judgment_id",
+        "foreign_keys": [("episode_id", "episodes", "episode_id")],
+    },
     "interventions": {
         "columns": {
-            "id": int,
+            "decision_id": str,
             "run_id": str,
             "episode_id": str,
             "item_id": str,
@@ -125,7 +154,7 @@ _TABLES: dict[str, dict[str, Any]] = {
             "hindsight": int,
             "created_at": str,
         },
-        "pk": "id",
+        "pk": "decision_id",
         "foreign_keys": [("episode_id", "episodes", "episode_id")],
     },
 }
@@ -210,10 +239,10 @@ def check_database(path: Path) -> None:
 
 
 def open_database(path: Path, *, create: bool) -> sqlite_utils.Database:
-    """Open (and with `create`, initialise) a turn-log database.
+    """Open (and with `create`, initialise) a turn-log database for writing.
 
-    An existing file must be a personae database of a version this code reads; an empty or new
-    file is initialised when `create` is true.
+    An existing file must be a personae database of a version this code reads (an older one is
+    migrated); an empty or new file is initialised when `create` is true.
     """
     path = Path(path)
     fresh = not path.exists() or path.stat().st_size == 0
@@ -223,13 +252,18 @@ def open_database(path: Path, *, create: bool) -> sqlite_utils.Database:
         check_database(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite_utils.Database(connect(path))
-    if fresh:
-        ensure_schema(db)
+    ensure_schema(db)  # a new file gets the schema, an older one is migrated
     return db
 
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
-    """Create the tables, indexes and version row (idempotent)."""
+    """Create the tables, indexes and version row, migrating an older database (idempotent).
+
+    Version 1 → 2: `turns` gains `kind`, `audience_json` and `decision_json`; `llm_calls`
+    `purpose` and `logprobs_json`; `episodes` `stage` and `outcome_json`; `runs` `study`; the
+    `judgments` table is new; `interventions` is keyed by a stable `decision_id` (old rows get
+    `legacy-ID`) so a resumed run rewrites its decisions instead of duplicating them.
+    """
     with db.conn:
         meta = db.table("meta")
         meta.create({"key": str, "value": str}, pk="key", if_not_exists=True)
@@ -240,12 +274,34 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
                 foreign_keys=spec.get("foreign_keys"),
                 if_not_exists=True,
             )
+            _add_missing_columns(db, name, spec["columns"])
+        _key_interventions(db)
         db.table("turns").create_index(["episode_id", "idx"], unique=True, if_not_exists=True)
         db.table("episodes").create_index(["run_id", "idx"], if_not_exists=True)
         db.table("llm_calls").create_index(["episode_id", "turn_idx"], if_not_exists=True)
         db.table("interventions").create_index(["run_id", "function", "budget"], if_not_exists=True)
+        db.table("judgments").create_index(["episode_id", "turn_idx"], if_not_exists=True)
         db.conn.executescript(_APPEND_ONLY)
         meta.upsert_all(
             [{"key": "app", "value": APP}, {"key": "schema_version", "value": str(SCHEMA_VERSION)}],
             pk="key",
         )
+
+
+_SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "FLOAT"}
+
+
+def _add_missing_columns(db: sqlite_utils.Database, table: str, columns: dict[str, Any]) -> None:
+    have = {row[1] for row in db.execute(f"PRAGMA table_info([{table}])")}
+    for column, kind in columns.items():
+        if column not in have:
+            db.execute(f"ALTER TABLE [{table}] ADD COLUMN [{column}] {_SQL_TYPES[kind]}")
+
+
+def _key_interventions(db: sqlite_utils.Database) -> None:
+    """Re-key a version-1 `interventions` table (integer `id`) by `decision_id`."""
+    table = db.table("interventions")
+    if table.pks == ["decision_id"]:
+        return
+    db.execute("UPDATE interventions SET decision_id = 'legacy-' || id WHERE decision_id IS NULL")
+    table.transform(pk="decision_id", drop={"id"})

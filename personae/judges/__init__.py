@@ -1,0 +1,29 @@
+"""Observers and judges: structured ratings of lines or episodes, stored in `judgments`.
+
+A judge is an agent (role `judge`, or your own registered with `@register_judge`) declared in a
+scenario as an observer of other agents (`observes: [helper]`, `when: turn | end`). It rates
+with a `Rubric` — scored dimensions with anchors, or a code list — through bounded constrained
+decoding; its verdicts go into the `judgments` table, never into the conversation unless routed
+(`route_to: [learner]`) as a private line. `judge_database` applies a judge to a finished run.
+"""
+
+from personae.judges._judge import (
+    JUDGES,
+    JudgeAgent,
+    JudgePersona,
+    Judgment,
+    get_judge,
+    register_judge,
+)
+from personae.judges._rubric import Dimension, Rubric
+
+__all__ = [
+    "JUDGES",
+    "Dimension",
+    "JudgeAgent",
+    "JudgePersona",
+    "Judgment",
+    "Rubric",
+    "get_judge",
+    "register_judge",
+]

@@ -1,0 +1,192 @@
+"""Judges: agents that rate other agents' lines (or whole episodes) with structured output.
+
+A judge is an `Agent` whose role is registered with `@register_judge`. It observes the agents it
+watches: it sees their lines (whoever they were addressed to) and every line addressed to it or to
+everyone, and answers with a rubric's bounded structured output. `parse` turns a reply into a
+`Judgment` (valid or not, never an exception), so a model that cannot follow the format leaves a
+recorded parse failure instead of a crash. A judge that needs no model overrides `evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from personae.agents import Agent, Utterance, register_role
+from personae.backends import GenerationRequest, Message
+from personae.judges._rubric import Rubric
+from personae.registry import Registry
+
+
+@dataclass(frozen=True, slots=True)
+class Judgment:
+    """A judge's verdict on one line or one episode.
+
+    Attributes:
+        parsed: The structured reply (`{"rationale": …, DIMENSION: score, …}` or
+            `{"code": LABEL}`), or None when it did not parse.
+        valid: True when the reply matched the rubric.
+        error: Why it did not parse (None when valid).
+        score: Mean of the dimension scores (None for codes or an invalid reply).
+    """
+
+    parsed: dict[str, Any] | None
+    valid: bool
+    error: str | None = None
+    score: float | None = None
+
+
+class JudgePersona(BaseModel):
+    """Who the judge is and its rubric."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field("judge", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = "The rater"
+    description: str = ""
+    rubric: Rubric
+
+
+JUDGES: Registry[type[JudgeAgent]] = Registry("judge")
+
+
+def register_judge(name: str) -> Callable[[type[JudgeAgent]], type[JudgeAgent]]:
+    """Class decorator registering a `JudgeAgent` subclass as judge (and role) `name`."""
+
+    def decorate(cls: type[JudgeAgent]) -> type[JudgeAgent]:
+        register_role(name)(cls)
+        return JUDGES.add(name, cls)
+
+    return decorate
+
+
+def get_judge(name: str, *, where: str | None = None) -> type[JudgeAgent]:
+    """The judge class registered as `name` (`UserError` with a suggestion if unknown)."""
+    return JUDGES.get(name, where=where)
+
+
+def _line(u: Utterance) -> str:
+    return f"{u.label}: {u.text}"
+
+
+@register_judge("judge")
+class JudgeAgent(Agent):
+    """An LLM rater: a rubric (scored dimensions or a code list) applied to watched lines."""
+
+    persona_model: ClassVar[type[BaseModel]] = JudgePersona
+    transcript_title = "A rater reads a conversation and rates it."
+    #: Attempts per judgment before a parse failure is recorded.
+    max_attempts: ClassVar[int] = 2
+
+    #: Agents whose lines this judge reads whoever they were addressed to (set by the graph).
+    watches: frozenset[str] = frozenset()
+
+    @property
+    def judge_persona(self) -> JudgePersona:
+        assert isinstance(self.persona, JudgePersona)
+        return self.persona
+
+    @property
+    def rubric(self) -> Rubric:
+        """The rubric this judge applies."""
+        return self.judge_persona.rubric
+
+    def view(self, history: Sequence[Utterance]) -> list[Utterance]:
+        seen = [
+            u
+            for u in history
+            if u.kind != "pass" and (u.visible_to(self.name) or u.agent in self.watches)
+        ]
+        return seen[-self.window :] if self.window else seen
+
+    def system_prompt(self) -> str:
+        p = self.judge_persona
+        fmt = (
+            "Reply with the label only."
+            if self.rubric.kind == "codes"
+            else "Reply with JSON: "
+            + ("a short rationale first, then " if self.rubric.rationale else "")
+            + "an integer per dimension."
+        )
+        parts = [p.description.strip(), self.rubric.text(), fmt]
+        return "\n".join(x for x in parts if x)
+
+    def _ask(self, target: Utterance | None) -> str:
+        if target is None:
+            return "Rate the whole conversation."
+        return f"Rate the last line, by {target.label}."
+
+    def judgment_request(
+        self,
+        history: Sequence[Utterance],
+        target: Utterance | None,
+        *,
+        seed: int | None,
+        tags: dict[str, Any],
+    ) -> GenerationRequest:
+        """The request rating `target` (the last line of `history`) or, when None, the whole
+        conversation in `history`."""
+        seen = self.view(history)
+        options = self.request_options(seed, tags)
+        options["max_tokens"] = max(options["max_tokens"], self.rubric.max_tokens())
+        if self.rubric.kind == "codes":
+            options["choices"] = tuple(self.rubric.codes)
+        else:
+            options["json_schema"] = self.rubric.json_schema()
+        conversation = "\n".join(_line(u) for u in seen) or "(no lines)"
+        ask = self._ask(target)
+        if self.render_mode == "chat":
+            user = f"Conversation:\n{conversation}\n\n{ask}"
+            return GenerationRequest(
+                messages=(Message("system", self.system_prompt()), Message("user", user)),
+                **options,
+            )
+        answer = "Label:" if self.rubric.kind == "codes" else "Rating (JSON):"
+        prompt = (
+            f"{self.transcript_title}\n\n{self.system_prompt()}\n\n"
+            f"Conversation:\n{conversation}\n\n{ask}\n{answer} "
+        )
+        return GenerationRequest(prompt=prompt, **options)
+
+    def evaluate(
+        self, history: Sequence[Utterance], target: Utterance | None
+    ) -> dict[str, Any] | None:
+        """A verdict computed without a model, or None to ask the model (the default)."""
+        return None
+
+    def parse(self, text: str) -> Judgment:
+        """A reply as a `Judgment` (invalid replies are recorded, not raised)."""
+        rubric = self.rubric
+        raw = text.strip()
+        if rubric.kind == "codes":
+            if raw in rubric.codes:
+                return Judgment({"code": raw}, True)
+            return Judgment(None, False, f"not one of the codes: {raw[:60]!r}")
+        try:
+            parsed = rubric.output_model.model_validate_json(raw).model_dump()
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            return Judgment(None, False, f"{where + ': ' if where else ''}{err['msg']}")
+        return Judgment(parsed, True, None, rubric.score(parsed))
+
+    def judge_parsed(self, parsed: dict[str, Any]) -> Judgment:
+        """A `Judgment` for a verdict `evaluate` computed (validated like a model reply)."""
+        if self.rubric.kind == "codes":
+            return self.parse(str(parsed.get("code", "")))
+        return self.parse(json.dumps(parsed))
+
+    def feedback(self, judgment: Judgment) -> str:
+        """The text of the private line sent to the agents this judge's output is routed to."""
+        parsed = judgment.parsed or {}
+        if self.rubric.kind == "codes":
+            return str(parsed.get("code", ""))
+        scores = ", ".join(
+            f"{d.name} {parsed.get(d.name)}/{d.scale[1]}" for d in self.rubric.dimensions
+        )
+        rationale = str(parsed.get("rationale") or "").strip()
+        return f"{rationale} ({scores})" if rationale else scores

@@ -1,0 +1,47 @@
+"""THE runner: every study — conversation scenarios, teaching experiments, forks — runs through
+`execute` (plan → episodes in flight → one writer). `run` is the Python API behind
+`personae run`.
+"""
+
+from personae.runner._conversation import (
+    ConversationStudy,
+    arun,
+    build_agents,
+    build_observers,
+    evolve,
+    resumed_study,
+    run,
+    with_backend,
+)
+from personae.runner._engine import RunBackends, RunResult, default_db_path, execute
+from personae.runner._study import (
+    STUDIES,
+    EpisodeJob,
+    Services,
+    Study,
+    register_study,
+    stored_kind,
+    study_of_run,
+)
+
+__all__ = [
+    "STUDIES",
+    "ConversationStudy",
+    "EpisodeJob",
+    "RunBackends",
+    "RunResult",
+    "Services",
+    "Study",
+    "arun",
+    "build_agents",
+    "build_observers",
+    "default_db_path",
+    "evolve",
+    "execute",
+    "register_study",
+    "resumed_study",
+    "run",
+    "stored_kind",
+    "study_of_run",
+    "with_backend",
+]

@@ -1,0 +1,352 @@
+"""Conversation scenarios as a `Study`, and `run()`: the Python API behind `personae run`.
+
+Order of work is chosen so that bad input costs nothing: scenario, imports, graph options,
+personas, backend specs and the database file are all checked before an engine starts, and the
+run row is written only after the engines are up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from personae.agents import Agent, Sampling, get_role
+from personae.backends import Backend, RenderMode
+from personae.errors import UserError
+from personae.graphs import Episode, Observer
+from personae.judges import JudgeAgent
+from personae.plugins import load_imports
+from personae.runner._engine import RunResult, execute
+from personae.runner._study import EpisodeJob, Services, Study, register_study, study_of_run
+from personae.scenario import (
+    EpisodePlan,
+    Scenario,
+    load_scenario,
+    parse_scenario,
+    plan_episodes,
+    resolve_scenario_path,
+)
+from personae.store import RunLog
+from personae.validation import validate_persona
+
+
+def build_agents(
+    scenario: Scenario,
+    personas: Mapping[str, BaseModel],
+    backends: Mapping[str, Backend],
+    *,
+    render: RenderMode | None = None,
+) -> dict[str, Agent]:
+    """The episode's agents, in scenario order, rendering for their backend's mode (or
+    `render`, e.g. `chat` for training exports)."""
+    multi_party = len(scenario.cast().speakers) > 2
+    agents: dict[str, Agent] = {}
+    for name, spec in scenario.agents.items():
+        agents[name] = get_role(spec.role)(
+            name,
+            personas[name],
+            sampling=spec.sampling,
+            render_mode=render or scenario.render or backends[name].render_mode,
+            label=spec.label,
+            window=spec.window,
+            multi_party=multi_party,
+            audience=spec.audience,
+        )
+    return agents
+
+
+def build_observers(scenario: Scenario, agents: Mapping[str, Agent]) -> list[Observer]:
+    """The judges of an episode, bound to the agents they watch."""
+    observers = []
+    for name in scenario.cast().observers:
+        spec, judge = scenario.agents[name], agents[name]
+        assert isinstance(judge, JudgeAgent)
+        route = tuple(spec.route_to) if spec.route_to else None
+        observers.append(Observer(judge, scenario.watched(name), spec.when, route))
+    return observers
+
+
+def _value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+class ConversationStudy(Study):
+    """A conversation scenario: its planned episodes, each a graph of the scenario's kind."""
+
+    kind = "scenario"
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.name = scenario.name
+        self.seed = scenario.seed
+        self.base_dir = scenario.base_dir
+
+    def spec_json(self) -> str:
+        return self.scenario.model_dump_json()
+
+    def backend_specs(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        s = self.scenario
+        # per-agent specs get none of the scenario's backend_options (they belong to its backend)
+        return {
+            name: (a.backend, {}) if a.backend else (s.backend, dict(s.backend_options))
+            for name, a in s.agents.items()
+        }
+
+    def plan(self) -> list[EpisodePlan]:
+        return plan_episodes(self.scenario)
+
+    def episode_row(self, plan: EpisodePlan) -> dict[str, Any]:
+        row = super().episode_row(plan)
+        row["condition_json"] = json.dumps({**plan.condition, "repeat": plan.repeat})
+        return row
+
+    def job(self, plan: EpisodePlan, services: Services) -> EpisodeJob:
+        scenario = self.scenario
+        agents = build_agents(scenario, plan.personas, services.backends)
+        episode = Episode(
+            episode_id=plan.episode_id,
+            agents=agents,
+            backends=dict(services.backends),
+            writer=services.writer,
+            run_seed=plan.seed,
+            stop_when=services.stop_when,
+            cache=services.cache,
+            observers=build_observers(scenario, agents),
+            on_turn=services.on_turn,
+            lineage=plan.lineage or plan.episode_id,
+        )
+        kind = scenario.graph_kind()
+        return EpisodeJob(kind.graph, episode, kind.input(), kind.config())
+
+    def restore(self, row: dict[str, Any]) -> EpisodePlan:
+        personas: dict[str, BaseModel] = {}
+        for name, spec in self.scenario.agents.items():
+            where = f"episode {row['episode_id']}, agent {name!r}"
+            data = row["personas"].get(name)
+            if not isinstance(data, dict):
+                raise UserError(
+                    "no stored persona for this agent",
+                    where=where,
+                    fix="the episode row is incomplete; re-run the scenario",
+                )
+            personas[name] = validate_persona(
+                get_role(spec.role, where=where).persona_model, data, where
+            )
+        condition = dict(row["condition"])
+        repeat = int(condition.pop("repeat", 0) or 0)
+        return EpisodePlan(
+            index=int(row.get("idx") or 0),
+            repeat=repeat,
+            episode_id=row["episode_id"],
+            condition=condition,
+            personas=personas,
+            stage=int(row.get("stage") or 0),
+            seed=int(row.get("seed") or 0),
+        )
+
+    def settings(
+        self, plan: EpisodePlan, items: Sequence[str]
+    ) -> tuple[Study, EpisodePlan, dict[str, dict[str, Any]]]:
+        """`AGENT.sampling.FIELD=VALUE` and `AGENT.FIELD=VALUE` (a persona field) applied."""
+        agents = dict(self.scenario.agents)
+        personas = dict(plan.personas)
+        changes: dict[str, dict[str, Any]] = {}
+        for item in items:
+            key, eq, raw = item.partition("=")
+            parts = key.strip().split(".")
+            if not eq or len(parts) not in (2, 3) or (len(parts) == 3 and parts[1] != "sampling"):
+                raise UserError(
+                    "expected AGENT.FIELD=VALUE or AGENT.sampling.FIELD=VALUE",
+                    where=f"--set {item}",
+                    fix="e.g. --set client.style=upset --set counselor.sampling.temperature=0.2",
+                )
+            agent, field = parts[0], parts[-1]
+            if agent not in agents:
+                raise UserError(
+                    f"unknown agent {agent!r}",
+                    where=f"--set {item}",
+                    fix=f"agents: {', '.join(agents)}",
+                )
+            value = _value(raw.strip())
+            model: type[BaseModel]
+            current: BaseModel
+            if len(parts) == 3:
+                model, current = Sampling, agents[agent].sampling
+            else:
+                model, current = type(personas[agent]), personas[agent]
+            if field not in model.model_fields:
+                close = difflib.get_close_matches(field, list(model.model_fields), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise UserError(
+                    f"unknown {'sampling' if len(parts) == 3 else 'persona'} field {field!r}",
+                    where=f"--set {item}",
+                    fix=f"{hint}fields: {', '.join(model.model_fields)}",
+                )
+            try:
+                updated = model.model_validate({**current.model_dump(), field: value})
+            except ValidationError as exc:
+                raise UserError(
+                    f"bad value: {exc.errors()[0]['msg']}",
+                    where=f"--set {item}",
+                    fix="fix the value",
+                ) from None
+            recorded = updated.model_dump(mode="json")[field]
+            if len(parts) == 3:
+                assert isinstance(updated, Sampling)
+                agents[agent] = agents[agent].model_copy(update={"sampling": updated})
+                changes.setdefault(agent, {})[f"sampling.{field}"] = recorded
+            else:
+                personas[agent] = updated
+                changes.setdefault(agent, {})[field] = recorded
+        study = ConversationStudy(evolve(self.scenario, agents=agents))
+        plan = EpisodePlan(plan.index, plan.repeat, plan.episode_id, plan.condition, personas,
+                           plan.stage, plan.seed, plan.lineage)  # fmt: skip
+        return study, plan, changes
+
+    def with_backend(self, backend: str) -> Study:
+        return ConversationStudy(with_backend(self.scenario, backend))
+
+
+def evolve(scenario: Scenario, **update: Any) -> Scenario:
+    """A copy of `scenario` with fields replaced (its graph kind is rebuilt on first use)."""
+    copy = scenario.model_copy(update=update)
+    copy._kind = None
+    return copy
+
+
+def with_backend(scenario: Scenario, backend: str) -> Scenario:
+    """`scenario` with every agent on `backend` (per-agent specs and options dropped)."""
+    return evolve(
+        scenario,
+        backend=backend,
+        backend_options={},
+        agents={n: a.model_copy(update={"backend": None}) for n, a in scenario.agents.items()},
+    )
+
+
+@register_study("scenario")
+def _load(spec: dict[str, Any], base_dir: Path) -> Study:
+    return ConversationStudy(
+        parse_scenario(
+            spec,
+            source=f"stored scenario {spec.get('name')!r}",
+            base_dir=base_dir,
+            import_code=False,
+        )
+    )
+
+
+def _effective_scenario(
+    scenario: str | Path | Scenario | None,
+    episodes: int | None,
+    backend: str | None,
+    seed: int | None,
+) -> Scenario:
+    """The scenario with CLI overrides folded in, so the stored spec reproduces the run."""
+    if scenario is None:
+        raise UserError("no scenario given", fix="pass a scenario file or --resume DB")
+    spec = (
+        scenario
+        if isinstance(scenario, Scenario)
+        else load_scenario(resolve_scenario_path(scenario))
+    )
+    update: dict[str, Any] = {}
+    if seed is not None:
+        update["seed"] = seed
+    if episodes is not None:
+        update["episodes"] = episodes
+    if update:
+        spec = evolve(spec, **update)
+    return with_backend(spec, backend) if backend is not None else spec
+
+
+def resumed_study(db: Path) -> Study:
+    """The study of the newest run in `db`, for `--resume`."""
+    with RunLog(db) as log:
+        runs = log.runs()
+        if not runs:
+            raise UserError(
+                "the database holds no run to resume",
+                where=str(db),
+                fix="start a run with 'personae run SCENARIO --db DB'",
+            )
+        return study_of_run(log, runs[-1]["run_id"])
+
+
+async def arun(
+    scenario: str | Path | Scenario | None = None,
+    *,
+    episodes: int | None = None,
+    backend: str | Backend | None = None,
+    db: str | Path | None = None,
+    seed: int | None = None,
+    concurrency: int | None = None,
+    progress: bool = False,
+    stop_when: Any = None,
+    cache: bool | str | Path = False,
+    resume: str | Path | None = None,
+    imports: Sequence[str] = (),
+    announce: Any = None,
+) -> RunResult:
+    """Async form of `run`."""
+    load_imports(imports, where="--import")
+    instance = backend if isinstance(backend, Backend) else None
+    spec_string = instance.backend_id if instance is not None else backend
+    assert spec_string is None or isinstance(spec_string, str)
+    study: Study
+    if resume is not None:
+        study = resumed_study(Path(resume))
+        if spec_string is not None and instance is None:
+            study = study.with_backend(spec_string)
+        if isinstance(study, ConversationStudy) and (episodes or seed is not None):
+            study = ConversationStudy(_effective_scenario(study.scenario, episodes, None, seed))
+    else:
+        study = ConversationStudy(
+            _effective_scenario(scenario, episodes, spec_string if instance is None else None, seed)
+        )
+    return await execute(
+        study,
+        db=Path(resume) if resume is not None else db,
+        backend=instance,
+        concurrency=concurrency,
+        progress=progress,
+        stop_when=stop_when,
+        cache=cache,
+        announce=announce,
+    )
+
+
+def run(scenario: str | Path | Scenario | None = None, **options: Any) -> RunResult:
+    """Run a scenario and log every turn to SQLite.
+
+    Args:
+        scenario: A scenario file, the name of a shipped scenario, or a `Scenario`.
+        **options: `episodes` (cap), `backend` (a spec overriding every agent's, or a
+            `Backend` instance the caller owns, e.g. an `AutoGenBackend`), `db` (path;
+            default `logs/<scenario>-<time>.db`), `seed`, `concurrency` (episodes in flight;
+            default: the backend's parallelism), `progress` (show a progress bar), `stop_when`
+            (predicate on the history that ends an episode), `cache` (True or a path: reuse
+            identical requests from a response-cache database, by default
+            `response_cache.db` next to the run database), `resume` (a database: rerun its
+            newest run — of any kind — into it; `scenario` may then be None), `imports`
+            (Python files or modules to import first). Rerunning into a database skips
+            complete episodes and restarts unfinished ones from turn 0.
+
+    Returns:
+        A `RunResult` with counts, tokens and the database path.
+
+    Raises:
+        UserError: bad scenario, persona, backend spec, model path or database file; raised
+            before any run row is written.
+    """
+    return asyncio.run(arun(scenario, **options))
