@@ -246,6 +246,13 @@ def _parse(data: dict[str, Any], source: str, base_dir: Path) -> Scenario:
     except ValidationError as exc:
         raise validation_error(exc, source, Scenario) from None
     kind = get_graph(graph["kind"], where=f"{source}: graph.kind")
+    if not kind.standalone:
+        raise UserError(
+            f"graph kind {graph['kind']!r} runs only inside its own experiment",
+            where=f"{source}: graph.kind",
+            fix="use a conversation kind (dyadic, group, or your own), or run the experiment "
+            "with 'personae experiment'",
+        )
     try:
         scenario.graph = kind.options_model.model_validate(graph)
     except ValidationError as exc:

@@ -77,6 +77,8 @@ class GraphKind(abc.ABC):
     #: Set by `@register_graph`.
     name: ClassVar[str] = ""
     options_model: ClassVar[type[GraphOptions]] = GraphOptions
+    #: False for kinds only a study of their own runs (e.g. the teaching experiment's).
+    standalone: ClassVar[bool] = True
 
     def __init__(self, options: GraphOptions, cast: Cast) -> None:
         self.options = options
