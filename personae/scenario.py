@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from personae._yaml import load_yaml
 from personae.agents import Sampling, get_role
 from personae.errors import UserError
 from personae.store import episode_key
@@ -154,17 +154,7 @@ def validation_error(
 
 
 def _read_yaml(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise UserError(f"{what} not found", where=str(path), fix="check the path")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(
-            f"malformed YAML: {problem}", where=where, fix="fix the YAML syntax"
-        ) from None
+    return load_yaml(path, what)
 
 
 def load_scenario(path: str | Path) -> Scenario:
