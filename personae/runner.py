@@ -34,6 +34,7 @@ from personae.scenario import (
     plan_episodes,
     resolve_scenario_path,
 )
+from personae.seeds import check_seed
 from personae.store import RunLog, TurnLogWriter, open_database
 from personae.store._cache import CACHE_FILE, ResponseCache
 from personae.store._resume import prepare_rerun
@@ -216,7 +217,7 @@ def _effective_scenario(
         spec = load_scenario(resolve_scenario_path(scenario))
     update: dict[str, Any] = {}
     if seed is not None:
-        update["seed"] = seed
+        update["seed"] = check_seed(seed, "seed")  # model_copy does not validate
     if episodes is not None:
         update["episodes"] = episodes
     if backend is not None:

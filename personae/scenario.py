@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from personae._yaml import load_yaml
 from personae.agents import Sampling, get_role
 from personae.errors import UserError
+from personae.seeds import Seed
 from personae.store import episode_key
 
 
@@ -47,7 +48,7 @@ class GraphSpec(_Spec):
     """Which interaction graph runs the episode, and its options."""
 
     kind: Literal["dyadic"] = "dyadic"
-    max_turns: int = Field(12, ge=1, le=1000)
+    max_turns: int = Field(12, ge=1, le=1000, strict=True)
     opener: str | None = Field(None, description="Agent that speaks first (default: the first).")
     end_on_farewell: bool = True
 
@@ -63,9 +64,11 @@ class Scenario(_Spec):
     render: Literal["transcript", "chat"] | None = Field(
         None, description="Prompt rendering for every agent (default: the backend's)."
     )
-    seed: int = 0
-    repeats: int = Field(1, ge=1)
-    episodes: int | None = Field(None, ge=1, description="Cap on the number of episodes run.")
+    seed: Seed = 0
+    repeats: int = Field(1, ge=1, strict=True)
+    episodes: int | None = Field(
+        None, ge=1, strict=True, description="Cap on the number of episodes run."
+    )
     agents: dict[str, AgentSpec] = Field(min_length=1)
     grid: dict[str, str | list[Any]] = Field(default_factory=dict)
 
