@@ -213,9 +213,9 @@ def browse(
     """Browse a database in datasette on 127.0.0.1, with full-text search over utterances."""
     from personae.export import browse as serve
 
-    err.print(
-        f"serving a snapshot of {db} on http://127.0.0.1:{port}/{db.stem} "
-        "(search utterances in the turns table; Ctrl-C stops)",
-        markup=False,
+    serve(
+        db,
+        port=port,
+        open_browser=open_browser,
+        announce=lambda line: err.print(line, markup=False),
     )
-    serve(db, port=port, open_browser=open_browser)

@@ -143,8 +143,17 @@ def datasette_args(copy: Path, port: int, *, open_browser: bool = False) -> list
     return [*args, "--open"] if open_browser else args
 
 
-def browse(db: str | Path, *, port: int = 8001, open_browser: bool = False) -> None:
+def browse(
+    db: str | Path,
+    *,
+    port: int = 8001,
+    open_browser: bool = False,
+    announce: Callable[[str], None] | None = None,
+) -> None:
     """Serve a snapshot of `db` with datasette on 127.0.0.1:`port` until interrupted.
+
+    `announce`, if given, receives the address once the database and port are checked (so a
+    user error is the only line printed).
 
     Raises:
         UserError: not a readable personae database, datasette not installed, or the port is
@@ -162,6 +171,11 @@ def browse(db: str | Path, *, port: int = 8001, open_browser: bool = False) -> N
 
     check_database(Path(db))
     _check_port(port)
+    if announce is not None:
+        announce(
+            f"serving a snapshot of {db} on http://{HOST}:{port}/{Path(db).stem} "
+            "(search utterances in the turns table; Ctrl-C stops)"
+        )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(0)
