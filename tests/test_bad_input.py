@@ -670,6 +670,12 @@ READ_COMMANDS = [
         "fork with bad --set",
     ),
     case(
+        lambda e: ["replay", str(e.copy("run")), "0", "--fork-at", BIG],
+        "out of range",
+        "fork at 2**63",
+    ),
+    case(lambda e: ["show", str(e.copy("run")), BIG], "no such episode", "show index 2**63"),
+    case(
         lambda e: ["replay", str(e.copy("run")), "0", "--fork-at", "2", "--backend", "gpt"],
         "unknown backend",
         "fork with unknown backend",
