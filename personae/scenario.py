@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,11 +29,13 @@ from pydantic import (
     ValidationError,
 )
 
+from personae._yaml import load_yaml
 from personae.agents import Sampling, get_role
 from personae.errors import UserError
 from personae.graphs import Cast, GraphKind, GraphOptions, get_graph
 from personae.judges import JudgeAgent
 from personae.plugins import load_imports
+from personae.seeds import Seed
 from personae.store import episode_key
 from personae.validation import validate_persona, validation_error
 
@@ -84,7 +85,7 @@ class Scenario(_Spec):
     render: Literal["transcript", "chat"] | None = Field(
         None, description="Prompt rendering for every agent (default: the backend's)."
     )
-    seed: int = 0
+    seed: Seed = 0
     repeats: StrictInt = Field(1, ge=1)
     episodes: StrictInt | None = Field(None, ge=1, description="Cap on the number of episodes run.")
     agents: dict[str, AgentSpec] = Field(min_length=1)
@@ -160,17 +161,7 @@ class EpisodePlan:
 
 
 def _read_yaml(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise UserError(f"{what} not found", where=str(path), fix="check the path")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(
-            f"malformed YAML: {problem}", where=where, fix="fix the YAML syntax"
-        ) from None
+    return load_yaml(path, what)
 
 
 def load_scenario(path: str | Path, *, imports: list[str] | None = None) -> Scenario:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import re
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -234,47 +237,51 @@ async def test_api_key_sent_as_bearer(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen[0].headers["authorization"] == "Bearer sekrit"
 
 
-async def test_retries_503_then_succeeds() -> None:
-    statuses = iter([503, 503, 200])
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        status = next(statuses)
-        return httpx.Response(status, json=_reply() if status == 200 else {"error": "busy"})
-
-    backend, seen = _mock(handler)
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [(500, True), (503, True), (429, True), (408, True), (400, False), (401, False), (404, False)],
+)
+async def test_one_attempt_per_call_and_status_decides_retryable(
+    status: int, retryable: bool
+) -> None:
+    backend, seen = _mock(lambda r: httpx.Response(status, json={"error": {"message": "nope"}}))
     async with backend:
-        result = await backend.generate(GenerationRequest(prompt="p"))
-    assert result.text == "ok" and len(seen) == 3
+        with pytest.raises(BackendError, match=rf"HTTP {status}.*nope") as info:
+            await backend.generate(GenerationRequest(prompt="p"))
+    assert len(seen) == 1  # the backend never retries: the episode layer does
+    assert info.value.retryable is retryable
 
 
-async def test_retries_connection_errors_then_gives_up() -> None:
+async def test_connection_error_is_retryable_after_one_attempt() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
     backend, seen = _mock(handler, retries=2)
     async with backend:
-        with pytest.raises(BackendError, match="ConnectError"):
+        with pytest.raises(BackendError, match="ConnectError") as info:
             await backend.generate(GenerationRequest(prompt="p"))
-    assert len(seen) == 3
+    assert len(seen) == 1 and info.value.retryable
+    assert backend.retries == 2  # kept as a hint for the episode layer
 
 
-async def test_429_exhausts_retries_as_backend_error() -> None:
-    backend, seen = _mock(
-        lambda r: httpx.Response(429, json={"error": {"message": "slow"}}), retries=1
-    )
-    async with backend:
-        with pytest.raises(BackendError, match=r"429.*slow"):
-            await backend.generate(GenerationRequest(prompt="p"))
-    assert len(seen) == 2
-
-
-async def test_400_raises_without_retry() -> None:
+async def test_400_names_the_servers_message() -> None:
     error = {"error": {"code": 400, "message": "max_tokens must be a number"}}
-    backend, seen = _mock(lambda r: httpx.Response(400, json=error))
+    backend, _ = _mock(lambda r: httpx.Response(400, json=error))
     async with backend:
         with pytest.raises(BackendError, match="max_tokens must be a number"):
             await backend.generate(GenerationRequest(prompt="p"))
-    assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [{"choices": []}, {"choices": ["x"]}, [1, 2], {"choices": [{"text": 3}]}, {"data": 1}],
+)
+async def test_malformed_replies_are_retryable_backend_errors(reply: Any) -> None:
+    backend, _ = _mock(lambda r: httpx.Response(200, json=reply))
+    async with backend:
+        with pytest.raises(BackendError) as info:
+            await backend.generate(GenerationRequest(prompt="p"))
+    assert info.value.retryable
 
 
 async def test_model_discovery() -> None:
@@ -361,3 +368,147 @@ def test_built_from_a_backend_spec() -> None:
     assert backend.endpoints == ["http://a:8000/v1", "http://b:8000/v1"]
     assert backend.backend_id == "openai:m" and backend.parallelism == 4
     assert backend.render_mode == "transcript"
+
+
+# --- faults of a real HTTP server on 127.0.0.1 -------------------------------------------
+
+
+class _FaultHandler(http.server.BaseHTTPRequestHandler):
+    """Answers `POST /MODE/v1/...` according to MODE (see `fault_server`)."""
+
+    server: _FaultServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        mode = self.path.split("/")[1]
+        self.server.hits[mode] = self.server.hits.get(mode, 0) + 1
+        if mode == "hang":
+            self.server.release.wait()
+            return
+        if mode == "close":  # drop the connection without a status line
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        status, body = {
+            "ok": (200, json.dumps(_reply("fine")).encode()),
+            "error500": (500, b'{"error": {"message": "engine crashed"}}'),
+            "unauthorized": (401, b'{"error": {"message": "invalid api key"}}'),
+            "garbage": (200, b"<html>502 Bad Gateway</html>"),
+            "truncated": (200, json.dumps(_reply("fine")).encode()),
+            "trickle": (200, json.dumps(_reply("fine")).encode()),
+        }[mode]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body) + (100 if mode == "truncated" else 0)))
+        self.end_headers()
+        if mode == "trickle":  # every byte well inside httpx's read timeout, the whole not
+            for byte in body:
+                if self.server.release.wait(0.2):
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            return
+        self.wfile.write(body[: len(body) // 2] if mode == "truncated" else body)
+        self.wfile.flush()
+        if mode == "truncated":
+            self.close_connection = True
+
+
+class _FaultServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _FaultHandler)
+        self.release = threading.Event()
+        self.hits: dict[str, int] = {}
+
+
+@pytest.fixture
+def fault_server() -> Iterator[_FaultServer]:
+    """An HTTP server on 127.0.0.1 whose first path segment picks a fault: ok, hang (reads the
+    request, never answers), close (drops the connection), error500, unauthorized, garbage
+    (HTML instead of JSON), truncated (half the promised body), trickle (one byte per 0.2 s)."""
+    server = _FaultServer()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def _url(server: _FaultServer, mode: str) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}/{mode}/v1"
+
+
+async def _fail(base_url: str, **options: Any) -> BackendError:
+    async with OpenAIBackend(base_url, model="m", **options) as backend:
+        with pytest.raises(BackendError) as info:
+            await backend.generate(GenerationRequest(prompt="p", max_tokens=4))
+    return info.value
+
+
+async def test_local_server_answers(fault_server: _FaultServer) -> None:
+    async with OpenAIBackend(_url(fault_server, "ok"), model="m") as backend:
+        result = await backend.generate(GenerationRequest(prompt="p"))
+    assert result.text == "fine"
+
+
+async def test_hanging_server_fails_once_not_retryable(fault_server: _FaultServer) -> None:
+    error = await _fail(_url(fault_server, "hang"), timeout_s=0.5)
+    assert not error.retryable and "no reply" in str(error) and "timeout_s" in str(error)
+    assert fault_server.hits == {"hang": 1}
+
+
+async def test_trickling_reply_is_bounded_by_the_attempt_timeout(
+    fault_server: _FaultServer,
+) -> None:
+    error = await _fail(_url(fault_server, "trickle"), timeout_s=0.5)
+    assert not error.retryable and "no reply" in str(error)
+
+
+async def test_server_that_never_accepts_counts_as_hanging() -> None:
+    # the kernel completes the handshake into the listen backlog; nobody ever reads
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        error = await _fail(f"http://127.0.0.1:{port}/v1", timeout_s=0.5)
+    assert not error.retryable
+
+
+async def test_dead_server_is_retryable() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    error = await _fail(f"http://127.0.0.1:{port}/v1")
+    assert error.retryable and "ConnectError" in str(error) and str(port) in str(error)
+
+
+@pytest.mark.parametrize(
+    ("mode", "retryable", "message"),
+    [
+        ("error500", True, "HTTP 500.*engine crashed"),
+        ("unauthorized", False, r"HTTP 401.*invalid api key.*\$OPENAI_API_KEY"),
+        ("garbage", True, "not JSON.*Bad Gateway"),
+        ("truncated", True, "RemoteProtocolError"),
+        ("close", True, "RemoteProtocolError|ReadError"),
+    ],
+)
+async def test_server_faults_fail_one_attempt(
+    fault_server: _FaultServer, mode: str, retryable: bool, message: str
+) -> None:
+    error = await _fail(_url(fault_server, mode))
+    assert error.retryable is retryable
+    assert re.search(message, str(error)), str(error)
+    assert fault_server.hits == {mode: 1}
+
+
+def test_bad_timeouts_are_user_errors() -> None:
+    for options in ({"timeout_s": 0}, {"connect_timeout_s": -1.0}, {"retries": -1}):
+        with pytest.raises(UserError):
+            OpenAIBackend("http://a/v1", **options)  # type: ignore[arg-type]

@@ -110,7 +110,20 @@ class GenerationRequest:
 
 
 class BackendError(RuntimeError):
-    """The engine failed to serve a request (callers may retry)."""
+    """The engine failed to serve a request.
+
+    Args:
+        message: What failed, naming the engine or URL.
+        retryable: Whether the same request may succeed if sent again: True for transient
+            faults (a refused or dropped connection, HTTP 5xx or 429, a garbled reply); False
+            for faults that repeat (HTTP 400/401/404, a bad request) and for a server that
+            took the request but did not answer in time, where a retry only multiplies the
+            wait. Callers retry only retryable errors.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,16 @@
 Requests with a `prompt` go to `/completions`, requests with `messages` to `/chat/completions`.
 `base_url` may list several endpoints separated by commas; each episode is routed sticky to one
 of them (a stable hash of its `episode_id` tag) so that server-side prefix caches stay warm.
-Concurrency is bounded by one semaphore across all endpoints; connection errors, timeouts, HTTP
-429 and 5xx are retried with exponential backoff, other 4xx fail at once with the server's
-message. Constrained output is sent in the dialect named by `structured`.
+Concurrency is bounded by one semaphore across all endpoints. Constrained output is sent in the
+dialect named by `structured`.
+
+Each `generate` call makes exactly one HTTP attempt, bounded by `timeout_s` from connecting to
+the last byte of the reply; it never retries. Retrying belongs to the caller (the episode
+layer, the one retry layer, with one deadline per call), so every failure is a `BackendError`
+whose `retryable` says whether sending the same request again can help: True for a refused or
+dropped connection, a connect timeout, HTTP 408/429/5xx and a garbled or truncated reply; False
+for other 4xx (400, 401, 404, ...) and for a server that took the request but sent no complete
+reply within `timeout_s` (a hung server stays hung; retrying it multiplies the wait).
 """
 
 from __future__ import annotations
@@ -20,12 +27,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
 
 from personae.backends._base import (
     Backend,
@@ -39,14 +40,10 @@ from personae.errors import UserError
 
 STRUCTURED_DIALECTS = ("vllm", "llamacpp", "openai")
 _WHERE = "backend openai"
-
-
-class _TransientHTTPError(BackendError):
-    """HTTP 429 or 5xx: worth retrying."""
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, _TransientHTTPError | httpx.TransportError)
+#: HTTP statuses worth retrying: request timeout, rate limit, and every 5xx.
+_RETRYABLE_STATUS = frozenset({408, 429})
+#: `GET /models` should answer at once; a server that does not is reported quickly.
+_DISCOVERY_TIMEOUT_S = 15.0
 
 
 def _error_message(resp: httpx.Response) -> str:
@@ -85,13 +82,18 @@ class OpenAIBackend(Backend):
         model: Model name to request; default: the first id listed by `GET {base}/models`.
         api_key_env: Environment variable holding the API key (sent as a Bearer token if set).
         max_concurrency: Requests in flight at once, across all endpoints.
-        timeout_s: Per-attempt HTTP timeout.
-        retries: Extra attempts after a connection error, timeout, 429 or 5xx.
+        timeout_s: Seconds one HTTP attempt may take, from connecting to the last byte of the
+            reply (non-streaming: the whole generation). A server that takes the request and
+            does not answer fails the call after this long, not retryable.
+        connect_timeout_s: Seconds to establish a connection (a retryable failure).
+        retries: Not used by the backend, which makes one attempt per call: the episode layer
+            retries. Kept so existing specs still parse; exposed as `self.retries` (None: the
+            caller's default) for the episode layer to honour.
         render: "chat" (instruct models) or "transcript" (base models via completions).
         structured: Dialect for constrained output: "vllm" (`structured_outputs`), "llamacpp"
             (`grammar`/`json_schema`) or "openai" (`response_format` JSON schema; choices are
             wrapped in a `{"choice": ...}` object and unwrapped again).
-        backoff_s: First retry delay; doubles per attempt (capped at 30 s).
+        backoff_s: Like `retries`: not used here; exposed as `self.backoff_s` for the caller.
         transport: An httpx transport to use instead of the network (tests).
     """
 
@@ -102,11 +104,12 @@ class OpenAIBackend(Backend):
         model: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         max_concurrency: int = 32,
-        timeout_s: float = 120.0,
-        retries: int = 4,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 5.0,
+        retries: int | None = None,
         render: str = "chat",
         structured: str = "vllm",
-        backoff_s: float = 0.5,
+        backoff_s: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.endpoints = [u.strip().rstrip("/") for u in str(base_url).split(",") if u.strip()]
@@ -135,9 +138,21 @@ class OpenAIBackend(Backend):
         self.backend_id = f"openai:{model}" if model else "openai"
         self._structured = structured
         self._api_key_env = api_key_env
+        for name, value in (("timeout_s", timeout_s), ("connect_timeout_s", connect_timeout_s)):
+            if not value > 0:
+                raise UserError(
+                    f"{name} must be a positive number of seconds, got {value}",
+                    where=_WHERE,
+                    fix=f"write e.g. {name}=60",
+                )
+        if retries is not None and retries < 0:
+            raise UserError(
+                f"retries must be 0 or more, got {retries}", where=_WHERE, fix="write retries=2"
+            )
         self._timeout_s = float(timeout_s)
-        self._retries = max(0, int(retries))
-        self._backoff_s = float(backoff_s)
+        self._connect_timeout_s = min(float(connect_timeout_s), self._timeout_s)
+        self.retries = retries
+        self.backoff_s = backoff_s
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._sem = asyncio.Semaphore(self.parallelism)
@@ -168,7 +183,7 @@ class OpenAIBackend(Backend):
             )
             client = httpx.AsyncClient(
                 headers=headers,
-                timeout=httpx.Timeout(self._timeout_s),
+                timeout=httpx.Timeout(self._timeout_s, connect=self._connect_timeout_s),
                 limits=limits,
                 transport=self._transport,
             )
@@ -184,7 +199,7 @@ class OpenAIBackend(Backend):
     async def _discover_model(self, client: httpx.AsyncClient) -> str:
         url = f"{self.endpoints[0]}/models"
         try:
-            resp = await client.get(url)
+            resp = await client.get(url, timeout=min(self._timeout_s, _DISCOVERY_TIMEOUT_S))
             resp.raise_for_status()
             return str(resp.json()["data"][0]["id"])
         except (httpx.HTTPError, ValueError, LookupError, TypeError) as exc:
@@ -242,58 +257,87 @@ class OpenAIBackend(Backend):
             }
         }
 
-    async def _attempt(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        client = self._client
-        if client is None:
-            raise BackendError("openai backend is closed")
-        async with self._sem:
-            resp = await client.post(url, json=body)
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise _TransientHTTPError(f"HTTP {resp.status_code} from {url}: {_error_message(resp)}")
-        if resp.status_code >= 400:
-            raise BackendError(f"HTTP {resp.status_code} from {url}: {_error_message(resp)}")
+    async def _attempt(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Any:
+        """One POST; every failure is a `BackendError` saying whether a retry can help."""
+        try:
+            async with asyncio.timeout(self._timeout_s):  # httpx's read timeout is per chunk
+                resp = await client.post(url, json=body)
+        except (TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout) as exc:
+            raise BackendError(
+                f"no reply from {url} within {self._timeout_s:g} s (timeout_s): the server "
+                "took the request but did not answer",
+                retryable=False,
+            ) from exc
+        except httpx.TimeoutException as exc:  # connect or pool: the request never left
+            raise BackendError(
+                f"could not connect to {url} within {self._connect_timeout_s:g} s",
+                retryable=True,
+            ) from exc
+        except httpx.TransportError as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+            raise BackendError(
+                f"{type(exc).__name__} talking to {url}: {detail}", retryable=True
+            ) from exc
+        status = resp.status_code
+        if status >= 400:
+            hint = ""
+            if status in (401, 403):
+                hint = f" (check the API key in ${self._api_key_env})"
+            elif status == 404:
+                hint = " (check the base URL, which ends in /v1, and the model name)"
+            raise BackendError(
+                f"HTTP {status} from {url}: {_error_message(resp)}{hint}",
+                retryable=status in _RETRYABLE_STATUS or status >= 500,
+            )
         try:
             out = resp.json()
         except ValueError as exc:
-            raise BackendError(f"invalid JSON from {url}: {resp.text[:200]!r}") from exc
-        if not isinstance(out, dict) or not out.get("choices"):
-            raise BackendError(f"no choices in the reply from {url}: {str(out)[:300]}")
-        return out
-
-    async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._retries + 1),
-            wait=wait_exponential(multiplier=self._backoff_s, max=30.0),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-        )
-        try:
-            out: dict[str, Any] = await retrying(self._attempt, url, body)
-        except httpx.TransportError as exc:
             raise BackendError(
-                f"{type(exc).__name__} talking to {url} after {self._retries + 1} attempts: {exc}"
+                f"reply from {url} is not JSON: {resp.text[:200]!r}", retryable=True
             ) from exc
+        choices = out.get("choices") if isinstance(out, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise BackendError(
+                f"no choices in the reply from {url}: {str(out)[:300]}", retryable=True
+            )
         return out
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         if self._client is None:
             await self.start()
+        client = self._client
+        if client is None:
+            raise BackendError("openai backend is closed", retryable=False)
         base = self.endpoint_for(request.tags)
-        path = "/completions" if request.prompt is not None else "/chat/completions"
-        start = time.perf_counter()
-        out = await self._post(base + path, self.payload(request))
-        latency = time.perf_counter() - start
+        url = base + ("/completions" if request.prompt is not None else "/chat/completions")
+        body = self.payload(request)
+        async with self._sem:
+            start = time.perf_counter()
+            out = await self._attempt(client, url, body)
+            latency = time.perf_counter() - start
+        try:
+            return self._result(request, out, latency)
+        except (ValueError, TypeError, AttributeError, LookupError) as exc:
+            raise BackendError(
+                f"malformed reply from {url} ({exc}): {str(out)[:300]}", retryable=True
+            ) from exc
+
+    def _result(
+        self, request: GenerationRequest, out: dict[str, Any], latency: float
+    ) -> GenerationResult:
         choice = out["choices"][0]
         text = choice.get("text")
         if text is None:
             text = (choice.get("message") or {}).get("content") or ""
+        if not isinstance(text, str):
+            raise TypeError(f"the reply's text is a {type(text).__name__}")
         if request.choices and self._structured == "openai":
             text = self._unwrap_choice(text)
         usage = out.get("usage") or {}
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
         return GenerationResult(
             text=text,
-            finish_reason=choice.get("finish_reason") or "stop",
+            finish_reason=str(choice.get("finish_reason") or "stop"),
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             cached_tokens=int(cached) if cached is not None else None,

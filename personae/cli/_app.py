@@ -43,7 +43,10 @@ def run(
     db: Annotated[
         Path | None, typer.Option(help="Run database (default logs/<scenario>-<time>.db).")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Run seed (default: the scenario's).")] = None,
+    seed: Annotated[
+        str | None,
+        typer.Option(metavar="INT", help="Run seed, 0 to 2**63-1 (default: the scenario's)."),
+    ] = None,
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Episodes in flight (default: the backend's).")
     ] = None,
@@ -65,13 +68,14 @@ def run(
     unfinished ones from turn 0.
     """
     from personae.runner import run as run_scenario
+    from personae.seeds import parse_seed
 
     result = run_scenario(
         scenario,
         episodes=episodes,
         backend=backend,
         db=db,
-        seed=seed,
+        seed=parse_seed(seed, "--seed") if seed is not None else None,
         concurrency=concurrency,
         progress=not quiet,
         cache=cache,

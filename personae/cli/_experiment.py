@@ -17,6 +17,7 @@ from rich.table import Table
 
 from personae.cli._app import app, out
 from personae.errors import UserError
+from personae.seeds import parse_seed
 
 experiment = typer.Typer(
     name="experiment",
@@ -27,20 +28,15 @@ app.add_typer(experiment)
 
 
 def parse_seeds(values: list[str] | None) -> list[int] | None:
-    """Seeds from `--seeds 0,1,2` and/or repeated `--seeds N`."""
+    """Seeds from `--seeds 0,1,2` and/or repeated `--seeds N` (each in [0, 2**63))."""
     if not values:
         return None
-    seeds: list[int] = []
-    for value in values:
-        for part in value.replace(" ", ",").split(","):
-            if not part:
-                continue
-            try:
-                seeds.append(int(part))
-            except ValueError:
-                raise UserError(
-                    f"bad seed {part!r}", where="--seeds", fix="write integers, e.g. --seeds 0,1,2"
-                ) from None
+    seeds = [
+        parse_seed(part, "--seeds")
+        for value in values
+        for part in value.replace(" ", ",").split(",")
+        if part
+    ]
     return seeds or None
 
 

@@ -1,10 +1,18 @@
 """`personae export` (sft, dpo, jsonl, csv) and `personae browse` (datasette on 127.0.0.1).
 
 Exports write to `--out PATH` or stdout; the count goes to stderr so stdout stays clean data.
+`--out` never names the run database or its `-wal`/`-shm`/`-journal` files (compared after
+resolving symlinks, and by inode), a directory or a special file, nor an existing file unless
+`--force` is given. The export is written to a temporary file next to the target and renamed
+over it only when complete, so a failed export leaves no file behind and never half a file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +51,9 @@ def export(
     score_key: Annotated[
         str, typer.Option(help="dpo: hidden-state key holding a judge's score.")
     ] = "score",
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing --out file.")
+    ] = False,
 ) -> None:
     """Export episodes as training data (sft, dpo) or flat tables (jsonl, csv)."""
     from personae.export import (
@@ -65,30 +76,128 @@ def export(
             where="personae export",
             fix="pass the role whose view to export, e.g. --role client",
         )
+    from personae.store import check_database
+
+    check_database(db)
+    target = None if out_path is None or str(out_path) == "-" else out_path.expanduser()
+    if target is not None:
+        check_out_path(target, db, force=force)
     chosen = EpisodeFilter(scenario=scenario, status=status, where=tuple(where or ()))
-    target = str(out_path) if out_path else "stdout"
-    if fmt == "sft":
-        assert role is not None
-        n = write_jsonl(sft_conversations(db, role, chosen), out_path)
-        err.print(f"{n} conversations ({role}'s view) → {target}", markup=False)
-    elif fmt == "dpo":
-        assert role is not None
-        result = dpo_pairs(db, role, chosen, score_key=score_key)
-        n = write_jsonl(result.pairs, out_path)
-        err.print(
-            f"{n} preference pairs from {result.groups} sibling-fork groups → {target}",
-            markup=False,
+    shown = str(target) if target else "stdout"
+    note = None
+    with _written(target) as dest:
+        if fmt == "sft":
+            assert role is not None
+            n = write_jsonl(sft_conversations(db, role, chosen), dest)
+            message = f"{n} conversations ({role}'s view) → {shown}"
+        elif fmt == "dpo":
+            assert role is not None
+            result = dpo_pairs(db, role, chosen, score_key=score_key)
+            n = write_jsonl(result.pairs, dest)
+            message = f"{n} preference pairs from {result.groups} sibling-fork groups → {shown}"
+            if result.unscored:
+                note = (
+                    f"note: {result.unscored} groups had fewer than two siblings with a "
+                    f"{score_key!r} score in their hidden state; without scores no pairs are made"
+                )
+        else:
+            rows = turn_rows(db, chosen)
+            n = write_jsonl(rows, dest) if fmt == "jsonl" else write_csv(rows, dest)
+            message = f"{n} turns → {shown}"
+    err.print(message, markup=False)
+    if note:
+        err.print(note, markup=False)
+
+
+def _database_files(db: Path) -> list[Path]:
+    """The database and the files SQLite keeps beside it, under every spelling of its path."""
+    spellings = {db.absolute(), db.resolve()}
+    return [
+        Path(f"{base}{suffix}") for base in spellings for suffix in ("", "-wal", "-shm", "-journal")
+    ]
+
+
+def check_out_path(target: Path, db: Path, *, force: bool) -> None:
+    """Refuse an export target that would damage the database or overwrite a file unasked.
+
+    Raises:
+        UserError: `target` is the database or one of its side files (whatever `force` says),
+            a directory, not a regular file, inside something that is not a writable
+            directory, or an existing file without `force`.
+    """
+    resolved = target.resolve()
+    protected = _database_files(db)
+    same = resolved in protected
+    if not same and target.exists():
+        with contextlib.suppress(OSError):
+            same = any(p.exists() and os.path.samefile(target, p) for p in protected)
+    if same:
+        raise UserError(
+            "--out would overwrite the run database (or its -wal/-shm file)",
+            where=f"--out {target}",
+            fix="write the export to another file, e.g. --out export.jsonl",
         )
-        if result.unscored:
-            err.print(
-                f"note: {result.unscored} groups had fewer than two siblings with a "
-                f"{score_key!r} score in their hidden state; without scores no pairs are made",
-                markup=False,
-            )
-    else:
-        rows = turn_rows(db, chosen)
-        n = write_jsonl(rows, out_path) if fmt == "jsonl" else write_csv(rows, out_path)
-        err.print(f"{n} turns → {target}", markup=False)
+    if resolved.is_dir():
+        raise UserError(
+            "--out is a directory",
+            where=f"--out {target}",
+            fix=f"name a file inside it, e.g. --out {target / 'export.jsonl'}",
+        )
+    if resolved.exists() and not resolved.is_file():
+        raise UserError(
+            "--out is not a regular file",
+            where=f"--out {target}",
+            fix="name a regular file, or leave out --out to write to stdout",
+        )
+    if (target.exists() or target.is_symlink()) and not force:
+        raise UserError(
+            "--out names an existing file",
+            where=f"--out {target}",
+            fix="pass --force to overwrite it, or choose another --out",
+        )
+    folder = next((p for p in resolved.parents if p.exists()), None)
+    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(
+            "cannot write --out there: "
+            + ("not a directory" if folder is not None and not folder.is_dir() else "not writable"),
+            where=f"--out {target}",
+            fix="choose a file in a folder you can write to",
+        )
+
+
+@contextlib.contextmanager
+def _written(target: Path | None) -> Iterator[Path | None]:
+    """Yield where to write (None: stdout); on success move it onto `target`, on failure
+    remove it and any folders made for it."""
+    if target is None:
+        yield None
+        return
+    final = target.resolve()
+    made = [p for p in reversed(final.parents) if not p.exists()]
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _remove_folders(made)
+        raise UserError(
+            f"cannot create the folder for --out: {exc.strerror or exc}",
+            where=f"--out {target}",
+            fix="choose a file in a folder you can write to",
+        ) from None
+    partial = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        yield partial
+        os.replace(partial, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        _remove_folders(made)
+        raise
+
+
+def _remove_folders(made: list[Path]) -> None:
+    for folder in reversed(made):  # deepest first; a folder someone else filled stays
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 @app.command()
@@ -104,9 +213,9 @@ def browse(
     """Browse a database in datasette on 127.0.0.1, with full-text search over utterances."""
     from personae.export import browse as serve
 
-    err.print(
-        f"serving a snapshot of {db} on http://127.0.0.1:{port}/{db.stem} "
-        "(search utterances in the turns table; Ctrl-C stops)",
-        markup=False,
+    serve(
+        db,
+        port=port,
+        open_browser=open_browser,
+        announce=lambda line: err.print(line, markup=False),
     )
-    serve(db, port=port, open_browser=open_browser)

@@ -28,6 +28,7 @@ from personae.experiments._study import TeachingStudy
 from personae.plugins import load_imports
 from personae.runner import execute
 from personae.scenario import resolve_scenario_path
+from personae.seeds import check_seed
 from personae.store import RunLog
 
 
@@ -219,7 +220,8 @@ async def arun_teaching(
         else load_teaching_scenario(resolve_scenario_path(scenario))
     )
     if seeds:
-        spec = spec.model_copy(update={"seeds": list(dict.fromkeys(seeds))})
+        checked = [check_seed(s, "seeds") for s in seeds]
+        spec = spec.model_copy(update={"seeds": list(dict.fromkeys(checked))})
     if isinstance(backend, str):
         spec = with_backend(spec, backend)
     study = TeachingStudy(spec, items=items)

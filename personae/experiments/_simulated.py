@@ -157,7 +157,7 @@ class SimulatedStudentBackend(Backend):
         )
 
 
-@register_backend("simulated")
+@register_backend("simulated", options=lambda: SimulatedStudentBackend)
 def _simulated(target: str | None, options: dict[str, Any]) -> Backend:
     """A simulated student (and teacher) with answer probabilities you set, for teaching runs."""
     return SimulatedStudentBackend(**options)

@@ -23,10 +23,11 @@ from personae.experiments._generated import generated_items
 from personae.experiments._interventions import get_intervention
 from personae.plugins import load_imports
 from personae.scenario import _read_yaml
+from personae.seeds import Seed
 from personae.validation import validation_error
 
 Style = Literal["unpersonalized", "personalized"]
-Budget = Annotated[float, Field(ge=0.0, le=1.0)]
+Budget = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
 GENERATED = "generated"
 DEFAULT_FUNCTIONS = [
     "random",
@@ -58,8 +59,12 @@ class DataSpec(_Spec):
         "file, or null (the generated train split, or the test file's items after the first "
         "`items`).",
     )
-    items: int | None = Field(30, ge=1, description="Use the first N test items (null: all).")
-    observe: int = Field(8, ge=0, description="Pool items the student is observed on per seed.")
+    items: int | None = Field(
+        30, ge=1, strict=True, description="Use the first N test items (null: all)."
+    )
+    observe: int = Field(
+        8, ge=0, strict=True, description="Pool items the student is observed on per seed."
+    )
 
 
 class StudentSpec(_Spec):
@@ -67,7 +72,9 @@ class StudentSpec(_Spec):
 
     role: str = "student"
     persona: str | dict[str, Any] = Field(default_factory=dict)
-    demos: int = Field(3, ge=0, le=32, description="Answered demonstrations in every prompt.")
+    demos: int = Field(
+        3, ge=0, le=32, strict=True, description="Answered demonstrations in every prompt."
+    )
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     backend: str | None = None
     label: str | None = None
@@ -80,8 +87,8 @@ class TeacherSpec(_Spec):
     persona: str | dict[str, Any] = Field(default_factory=dict)
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=64))
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="For its own answers.")
-    explanation_demos: int = Field(3, ge=0, le=32)
-    mental_model_demos: int = Field(4, ge=0, le=32)
+    explanation_demos: int = Field(3, ge=0, le=32, strict=True)
+    mental_model_demos: int = Field(4, ge=0, le=32, strict=True)
     explain_toward: Literal["own_answer", "gold"] = "own_answer"
     backend: str | None = None
     label: str | None = None
@@ -92,14 +99,14 @@ class MultiTurnSpec(_Spec):
 
     functions: list[str] = Field(default_factory=lambda: ["random", "expected_utility"])
     budgets: list[Budget] = Field(default_factory=lambda: [0.2, 0.4], min_length=1)
-    demos: int = Field(3, ge=1, le=32)
+    demos: int = Field(3, ge=1, le=32, strict=True)
     explanations: Style | None = Field(None, description="Default: the first style.")
 
 
 class BootstrapSpec(_Spec):
     """Bootstrap confidence intervals over items."""
 
-    resamples: int = Field(2000, ge=100)
+    resamples: int = Field(2000, ge=100, strict=True)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
 
 
@@ -115,7 +122,7 @@ class TeachingScenario(_Spec):
     backend: str = "embedded"
     backend_options: dict[str, Any] = Field(default_factory=dict)
     render: Literal["transcript", "chat"] | None = None
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     data: DataSpec = Field(default_factory=DataSpec)
     budgets: list[Budget] = Field(
         default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], min_length=1

@@ -423,6 +423,7 @@ class Episode:
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return hit, 0, True
         deadline = time.monotonic() + self.deadline_s
+        retries = getattr(backend, "retries", None) or self.retries
         attempts = 0
         while True:
             attempts += 1
@@ -432,7 +433,7 @@ class Episode:
                 break
             except _RETRYABLE as exc:
                 left = deadline - time.monotonic()
-                if attempts >= self.retries or not _retryable(exc) or left <= 0:
+                if attempts >= retries or not _retryable(exc) or left <= 0:
                     if isinstance(exc, TimeoutError) and left <= 0:
                         raise TimeoutError(
                             f"no reply from {backend.backend_id} within {self.deadline_s:g} s "

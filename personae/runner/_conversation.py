@@ -33,6 +33,7 @@ from personae.scenario import (
     plan_episodes,
     resolve_scenario_path,
 )
+from personae.seeds import check_seed
 from personae.store import RunLog
 from personae.validation import validate_persona
 
@@ -262,7 +263,7 @@ def _effective_scenario(
     )
     update: dict[str, Any] = {}
     if seed is not None:
-        update["seed"] = seed
+        update["seed"] = check_seed(seed, "seed")
     if episodes is not None:
         update["episodes"] = episodes
     if update:
