@@ -2,16 +2,20 @@
 
 Replies come from a list (cycled), a mapping from agent name or role to a list, or a callable
 taking the request. Lists are indexed per (episode, agent), so concurrent episodes get the same
-replies they would get alone.
+replies they would get alone. Like a constrained engine, a reply always obeys the request's
+structured output: a choice request gets one of its choices, a JSON-schema request gets valid
+JSON (the scripted reply if it is JSON, else the schema's first allowed value for every field).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from personae.backends._base import Backend, BackendError, GenerationRequest, GenerationResult
 from personae.errors import UserError
@@ -105,6 +109,9 @@ class ScriptedBackend(Backend):
         text = self._pick(request)
         if request.choices and text not in request.choices:
             text = request.choices[0]
+        if request.json_schema is not None and not _is_json(text):
+            # as a constrained engine would: the reply always matches the schema
+            text = json.dumps(schema_instance(request.json_schema), separators=(",", ":"))
         return GenerationResult(
             text=text,
             finish_reason="stop",
@@ -112,3 +119,41 @@ class ScriptedBackend(Backend):
             completion_tokens=len(text.split()),
             latency_s=time.perf_counter() - start,
         )
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def schema_instance(schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
+    """The simplest value a JSON schema accepts (first enum value, minimum, empty string...)."""
+    root = root if root is not None else schema
+    if "$ref" in schema:
+        name = str(schema["$ref"]).rsplit("/", 1)[-1]
+        return schema_instance(root.get("$defs", {}).get(name, {}), root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return schema_instance(schema[key][0], root)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), kind[0] if kind else None)
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: schema_instance(v, root) for k, v in props.items()}
+    if kind == "array":
+        return [schema_instance(schema.get("items", {}), root)] * int(schema.get("minItems", 0))
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return False
+    if kind == "string":
+        return "x" * int(schema.get("minLength", 0))
+    return None

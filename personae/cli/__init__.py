@@ -1,6 +1,7 @@
-"""The `personae` command line (`personae run | show | scenarios | replay | export | browse`)."""
+"""The `personae` command line (`run | show | scenarios | replay | judge | export | browse |
+experiment`)."""
 
-from personae.cli import _experiment, _export, _replay  # noqa: F401 - register their commands
+from personae.cli import _experiment, _export, _judge, _replay  # noqa: F401 - their commands
 from personae.cli._app import app, main
 
 __all__ = ["app", "main"]

@@ -18,6 +18,26 @@ from rich.table import Table
 
 from personae.errors import UserError
 
+#: `--import MODULE_OR_FILE`, repeatable, on every command: user code registering roles, graph
+#: kinds, turn policies, judges, backends or intervention functions.
+Imports = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--import",
+        metavar="MODULE_OR_FILE",
+        help="Import a Python file or module first (your own roles, graph kinds, turn "
+        "policies, judges, backends); repeatable.",
+    ),
+]
+
+
+def load_user_code(imports: list[str] | None) -> None:
+    """Import what `--import` names (one-line `UserError` when it fails)."""
+    from personae.plugins import load_imports
+
+    load_imports(imports or (), where="--import")
+
+
 app = typer.Typer(
     name="personae",
     help="Multi-agent role-play simulations with LLMs; every turn logged to SQLite.",
@@ -61,28 +81,55 @@ def run(
         Path | None,
         typer.Option(help="Continue the newest run in this database (skips complete episodes)."),
     ] = None,
+    imports: Imports = None,
 ) -> None:
     """Run a scenario and log every turn to SQLite.
 
-    Rerunning into the same --db, or --resume DB, skips complete episodes and restarts
-    unfinished ones from turn 0.
+    Rerunning into the same --db, or --resume DB (a run of any kind: a conversation scenario or
+    a teaching experiment), skips complete episodes and restarts unfinished ones from turn 0.
+    Exits 1 when some episodes failed (the run is recorded as partial or failed), 130 when
+    interrupted (the resume command is printed).
     """
     from personae.runner import run as run_scenario
     from personae.seeds import parse_seed
 
-    result = run_scenario(
-        scenario,
-        episodes=episodes,
-        backend=backend,
-        db=db,
-        seed=parse_seed(seed, "--seed") if seed is not None else None,
-        concurrency=concurrency,
-        progress=not quiet,
-        cache=cache,
-        resume=resume,
-    )
-    out.print(f"database: {result.db_path}")
-    out.print(result.line())
+    load_user_code(imports)
+    started: list[Path] = []
+
+    def announce(path: Path) -> None:
+        started.append(path)
+        out.print(f"database: {path}", markup=False)
+
+    try:
+        result = run_scenario(
+            scenario,
+            episodes=episodes,
+            backend=backend,
+            db=db,
+            seed=parse_seed(seed, "--seed") if seed is not None else None,
+            concurrency=concurrency,
+            progress=not quiet,
+            cache=cache,
+            resume=resume,
+            announce=announce,
+        )
+    except KeyboardInterrupt:
+        if started:
+            err.print(
+                f"interrupted: complete episodes are saved; resume with: "
+                f"personae run --resume {started[0]}",
+                markup=False,
+            )
+        raise typer.Exit(130) from None
+    out.print(result.line(), markup=False)
+    if result.failed:
+        err.print(
+            f"{result.failed} of {result.episodes} episodes failed (run {result.status}); see "
+            f"their errors with 'personae show {result.db_path}', retry them with "
+            f"'personae run --resume {result.db_path}'",
+            markup=False,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -96,10 +143,20 @@ def show(
         tuple[str, str] | None,
         typer.Option(metavar="A B", help="Print two episodes (e.g. forks) side by side."),
     ] = None,
+    view: Annotated[
+        str | None,
+        typer.Option("--as", metavar="AGENT", help="Only the lines AGENT could see."),
+    ] = None,
+    imports: Imports = None,
 ) -> None:
-    """List a database's episodes, print one episode's transcript, or compare two."""
+    """List a database's episodes, print one episode's transcript, or compare two.
+
+    A transcript marks private lines with their audience, shows judges' verdicts under the line
+    they rate, and with --hidden each turn's hidden state and turn-policy decision.
+    """
     from personae.store import RunLog
 
+    load_user_code(imports)
     with RunLog(db) as log:
         if compare is not None:
             from personae.cli._replay import compare_episodes
@@ -108,7 +165,7 @@ def show(
         elif episode is None:
             _episode_table(log)
         else:
-            _transcript(log, episode, hidden)
+            _transcript(log, episode, hidden, view)
 
 
 def _episode_table(log: object) -> None:
@@ -153,34 +210,79 @@ def _condition_text(condition: dict[str, object]) -> str:
     return " · ".join(values)
 
 
-def _transcript(log: object, episode: str, hidden: bool) -> None:
+def _verdict(row: dict[str, object]) -> str:
+    """A judgment in one line: its scores (or code) and rationale, or why it is invalid."""
+    parsed = row.get("parsed")
+    if not row.get("valid") or not isinstance(parsed, dict):
+        return f"invalid ({row.get('error')})"
+    rationale = str(parsed.get("rationale") or "").strip()
+    scores = ", ".join(f"{k} {v}" for k, v in parsed.items() if k != "rationale")
+    return f"{scores}" + (f" — {rationale}" if rationale else "")
+
+
+def _transcript(log: object, episode: str, hidden: bool, view: str | None = None) -> None:
     from personae.store import RunLog
 
     assert isinstance(log, RunLog)
     row = log.episode(episode)
+    turns = log.turns(row["episode_id"])
+    if view is not None:
+        agents = {t.agent for t in turns} | set(row["personas"])
+        if view not in agents:
+            raise UserError(
+                f"no agent {view!r} in this episode",
+                where="--as",
+                fix=f"agents: {', '.join(sorted(agents))}",
+            )
+        turns = [t for t in turns if t.visible_to(view)]
     cond = _condition_text(row["condition"])
-    out.rule(escape(f"{row['episode_id']}  {row['scenario']}  {cond}"))
-    colours = ["cyan", "magenta", "green", "yellow"]
+    seen = f"  (as {view} saw it)" if view else ""
+    out.rule(escape(f"{row['episode_id']}  {row['scenario']}  {cond}{seen}"))
+    colours = ["cyan", "magenta", "green", "yellow", "blue", "red"]
     palette: dict[str, str] = {}
-    for turn in log.turns(row["episode_id"]):
+    verdicts: dict[int | None, list[dict[str, object]]] = {}
+    for j in log.judgments(row["episode_id"]):
+        verdicts.setdefault(j["turn_idx"], []).append(j)
+    for turn in turns:
         colour = palette.setdefault(turn.agent, colours[len(palette) % len(colours)])
-        out.print(f"[bold {colour}]{escape(turn.agent)}[/]: {escape(turn.text)}")
+        who = f"[bold {colour}]{escape(turn.agent)}[/]"
+        if turn.kind == "pass":
+            out.print(f"[dim]{who} passes[/]")
+            continue
+        tag = {"seed": " [dim](seed)[/]", "feedback": " [dim](judge's feedback)[/]"}.get(
+            turn.kind, ""
+        )
+        if turn.audience is not None:
+            tag += f" [dim italic](privately, to {escape(', '.join(turn.audience))})[/]"
+        out.print(f"{who}{tag}: {escape(turn.text)}")
         if hidden and turn.hidden:
             out.print(f"  [dim]hidden: {escape(json.dumps(turn.hidden))}[/]")
-    out.rule(f"{row['status']} ({row['end_reason'] or '-'}), {row['n_turns']} turns")
+        if hidden and turn.decision:
+            out.print(f"  [dim]turn policy: {escape(json.dumps(turn.decision))}[/]")
+        for j in verdicts.get(turn.idx, []) if view is None else []:
+            out.print(f"  [dim]{escape(str(j['judge']))}: {escape(_verdict(j))}[/]")
+    for j in verdicts.get(None, []) if view is None else []:
+        out.print(f"[dim]{escape(str(j['judge']))} on the episode: {escape(_verdict(j))}[/]")
+    passes = sum(t.kind == "pass" for t in turns)
+    tail = f", {passes} passes" if passes else ""
+    out.rule(f"{row['status']} ({row['end_reason'] or '-'}), {row['n_turns']} turns{tail}")
     if row["error"]:
         out.print(f"[red]error: {escape(row['error'])}[/]")
 
 
 @app.command()
-def scenarios() -> None:
-    """List shipped scenarios, registered roles and backend kinds."""
+def scenarios(imports: Imports = None) -> None:
+    """List shipped scenarios and what a scenario can name: graph kinds (with their options),
+    turn policies, roles, judges and backends (yours too, with --import)."""
     import yaml
 
     from personae.agents import role_names
-    from personae.backends import backend_kinds
+    from personae.backends._registry import BACKENDS
+    from personae.graphs import GRAPHS, POLICIES
+    from personae.judges import JUDGES
     from personae.scenario import scenarios_dir, shipped_scenarios
 
+    load_user_code(imports)
     table = Table(title=f"scenarios in {scenarios_dir()}", title_justify="left")
     table.add_column("name")
     table.add_column("description", overflow="fold")
@@ -191,8 +293,20 @@ def scenarios() -> None:
             data = {}
         table.add_row(path.stem, str(data.get("description", "")).strip())
     out.print(table)
+    kinds = Table(title="graph kinds (graph: {kind: NAME, ...options})", title_justify="left")
+    kinds.add_column("kind")
+    kinds.add_column("what it is, and its options", overflow="fold")
+    for name, doc in GRAPHS.describe():
+        kind = GRAPHS.get(name)
+        if not kind.standalone:
+            continue
+        options = "; ".join(f"{k}: {d}" for k, d in kind.describe_options())
+        kinds.add_row(name, f"{doc}\n[dim]{escape(options)}[/]")
+    out.print(kinds)
+    out.print(f"turn policies: {', '.join(POLICIES.names())}")
     out.print(f"roles: {', '.join(role_names())}")
-    out.print(f"backends: {', '.join(backend_kinds())}")
+    out.print(f"judges: {', '.join(JUDGES.names())}")
+    out.print(f"backends: {', '.join(BACKENDS.names())}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from personae.cli._app import app, out
+from personae.cli._app import Imports, app, out
 from personae.errors import UserError
 from personae.seeds import parse_seed
 
@@ -68,8 +68,13 @@ def teaching(
         Path | None, typer.Option(help="Save the accuracy-vs-budget curves as a PNG here.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    imports: Imports = None,
 ) -> None:
-    """Run a teacher-student budget experiment and print accuracy vs. budget."""
+    """Run a teacher-student budget experiment and print accuracy vs. budget.
+
+    Rerunning into the same --db resumes it: complete episodes are kept, the rest run, and the
+    tables come from all of them.
+    """
     from personae.experiments import run_teaching, save_plot
 
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
@@ -85,8 +90,9 @@ def teaching(
         items=items,
         seeds=parse_seeds(seeds),
         progress=not quiet,
+        imports=imports or (),
+        announce=lambda path: out.print(f"database: {path}", markup=False),
     )
-    out.print(f"database: {result.db_path}")
     _print_table(result.table())
     multi = result.multi_turn_table()
     if multi is not None:

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from personae.cli._app import app, err
+from personae.cli._app import Imports, app, err, load_user_code
 from personae.errors import UserError
 
 
@@ -49,13 +49,25 @@ def export(
         typer.Option(help="Condition filter AGENT.FIELD=VALUE, e.g. client.style=upset."),
     ] = None,
     score_key: Annotated[
-        str, typer.Option(help="dpo: hidden-state key holding a judge's score.")
+        str,
+        typer.Option(
+            help="dpo: 'score' (a judgment's mean score) or a dimension of the judges' verdicts."
+        ),
     ] = "score",
+    judge: Annotated[
+        str | None, typer.Option(help="dpo: only this judge's verdicts (default: all judges).")
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing --out file.")
     ] = False,
+    imports: Imports = None,
 ) -> None:
-    """Export episodes as training data (sft, dpo) or flat tables (jsonl, csv)."""
+    """Export episodes as training data (sft, dpo) or flat tables (jsonl, csv).
+
+    sft and dpo hold only what the exported agent could see (its audience); dpo ranks sibling
+    forks by the judges' verdicts in the judgments table.
+    """
+    load_user_code(imports)
     from personae.export import (
         EpisodeFilter,
         dpo_pairs,
@@ -92,13 +104,14 @@ def export(
             message = f"{n} conversations ({role}'s view) → {shown}"
         elif fmt == "dpo":
             assert role is not None
-            result = dpo_pairs(db, role, chosen, score_key=score_key)
+            result = dpo_pairs(db, role, chosen, score_key=score_key, judge=judge)
             n = write_jsonl(result.pairs, dest)
             message = f"{n} preference pairs from {result.groups} sibling-fork groups → {shown}"
             if result.unscored:
                 note = (
                     f"note: {result.unscored} groups had fewer than two siblings with a "
-                    f"{score_key!r} score in their hidden state; without scores no pairs are made"
+                    f"{score_key!r} score from a judge; without scores no pairs are made "
+                    "(add verdicts with 'personae judge DB JUDGE.yaml')"
                 )
         else:
             rows = turn_rows(db, chosen)
@@ -209,10 +222,12 @@ def browse(
     open_browser: Annotated[
         bool, typer.Option("--open", help="Open a web browser at the database.")
     ] = False,
+    imports: Imports = None,
 ) -> None:
     """Browse a database in datasette on 127.0.0.1, with full-text search over utterances."""
     from personae.export import browse as serve
 
+    load_user_code(imports)
     serve(
         db,
         port=port,

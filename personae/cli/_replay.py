@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from personae.cli._app import app, out
+from personae.cli._app import Imports, app, load_user_code, out
 from personae.errors import UserError
 from personae.replay import Step, VerifyResult
 from personae.store import RunLog
@@ -39,7 +39,9 @@ def _call_panel(call: dict[str, Any], retry_note: str) -> Panel:
         for k in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens")
         if k in params
     )
-    stats.add_row("call", f"{call['call_id']}{retry_note}  ({call.get('backend')})")
+    purpose = call.get("purpose")
+    label = f" — {purpose}" if purpose and purpose != "turn" else ""
+    stats.add_row("call", f"{call['call_id']}{retry_note}{label}  ({call.get('backend')})")
     stats.add_row("sampling", sampling)
     stats.add_row("seed", str(call.get("seed")))
     if params.get("stop"):
@@ -71,16 +73,20 @@ def _call_panel(call: dict[str, Any], retry_note: str) -> Panel:
 def render_step(step: Step, total: int, colour: str) -> Group:
     """One turn of the stepper as a rich renderable."""
     turn = step.turn
+    heard = f"  to {', '.join(turn.audience)}, privately" if turn.audience is not None else ""
+    kind = f"  [{turn.kind}]" if turn.kind != "line" else ""
     parts: list[Any] = [
         Text.assemble(
             (f"turn {turn.idx}/{total - 1}  ", "bold"),
             (turn.agent, f"bold {colour}"),
-            (f"  ({turn.role})", "dim"),
+            (f"  ({turn.role}){kind}{heard}", "dim"),
         ),
         Panel(
             Text(turn.text), title="utterance (visible)", title_align="left", border_style=colour
         ),
     ]
+    if turn.decision:
+        parts.append(Text(f"turn policy: {json.dumps(turn.decision)}", "dim"))
     if not step.calls:
         parts.append(Text("no model call: a fixed line (e.g. the persona's opening)", "dim"))
     for i, call in enumerate(step.calls):
@@ -236,8 +242,14 @@ def replay(
             help="With --fork-at: AGENT.sampling.FIELD=VALUE or AGENT.FIELD=VALUE (persona).",
         ),
     ] = None,
+    imports: Imports = None,
 ) -> None:
-    """Step through a logged episode, re-execute it exactly (--verify), or fork it."""
+    """Step through a logged episode, re-execute it exactly (--verify), or fork it.
+
+    Works for every graph kind (conversations of any size, teaching items). A run that used
+    your own roles or graph kinds needs the same --import again.
+    """
+    load_user_code(imports)
     if (backend or settings) and fork_at is None:
         raise UserError("--backend and --set only apply to a fork", fix="add --fork-at K")
     if fork_at is not None and verify:

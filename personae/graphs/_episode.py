@@ -331,7 +331,7 @@ class Episode:
             if utterance.kind == "seed":
                 continue  # fixed lines from the scenario are not rated
             if observer.route_to:
-                judgment = await self._judge(observer, turn, prefix)
+                judgment = await self.judge(observer, turn, prefix)
                 if judgment.valid:
                     await self.add_line(
                         observer.judge.name,
@@ -341,7 +341,7 @@ class Episode:
                         hidden={"judgment_of": turn},
                     )
             else:
-                self._pending.append(asyncio.ensure_future(self._judge(observer, turn, prefix)))
+                self._pending.append(asyncio.ensure_future(self.judge(observer, turn, prefix)))
 
     async def finish(self) -> None:
         """Wait for pending verdicts, then run the end-of-episode observers."""
@@ -353,7 +353,7 @@ class Episode:
         prefix = list(self.history)
         for observer in self.observers:
             if observer.when == "end":
-                await self._judge(observer, None, prefix)
+                await self.judge(observer, None, prefix)
 
     def cancel(self) -> None:
         """Cancel pending verdicts (the episode failed)."""
@@ -361,7 +361,7 @@ class Episode:
             task.cancel()
         self._pending.clear()
 
-    async def _judge(
+    async def judge(
         self, observer: Observer, target: int | None, prefix: list[Utterance]
     ) -> Judgment:
         judge = observer.judge

@@ -112,12 +112,13 @@ class GraphKind(abc.ABC):
         for key, info in cls.options_model.model_fields.items():
             if key == "kind":
                 continue
+            desc = info.description or ""
             default = (
                 ""
-                if info.is_required()
+                if info.is_required() or "default" in desc
                 else f" (default: {info.get_default(call_default_factory=True)!r})"
             )
-            rows.append((key, f"{info.description or ''}{default}".strip()))
+            rows.append((key, f"{desc}{default}".strip()))
         return rows
 
 

@@ -4,12 +4,20 @@
 database. `verify_episode` / `verify_run` re-run an episode's graph — any graph kind — with the
 current code on those outputs and report "identical" or the first differing turn with a diff of
 its prompt. `fork_episode` continues an episode from turn K with another backend, sampling or
-persona setting as a new episode that records its parent. `episode_steps` is what the terminal
-viewer (`personae replay`) shows per turn.
+persona setting as a new episode that records its parent. `judge_database` adds a judge's
+verdicts to a finished run. `episode_steps` is what the terminal viewer (`personae replay`)
+shows per turn.
 """
 
 from personae.replay._backend import ForkBackend, ReplayBackend, ReplayMissError, call_id_for
 from personae.replay._fork import ForkResult, ForkStudy, afork_episode, fork_episode, fork_id
+from personae.replay._judge import (
+    JudgeResult,
+    JudgeSpec,
+    ajudge_database,
+    judge_database,
+    load_judge_spec,
+)
 from personae.replay._setup import (
     EpisodeSetup,
     is_scenario_run,
@@ -36,12 +44,15 @@ __all__ = [
     "ForkBackend",
     "ForkResult",
     "ForkStudy",
+    "JudgeResult",
+    "JudgeSpec",
     "ReplayBackend",
     "ReplayMissError",
     "Step",
     "TurnDiff",
     "VerifyResult",
     "afork_episode",
+    "ajudge_database",
     "averify_episode",
     "averify_run",
     "call_id_for",
@@ -49,7 +60,9 @@ __all__ = [
     "fork_episode",
     "fork_id",
     "is_scenario_run",
+    "judge_database",
     "lineage",
+    "load_judge_spec",
     "load_setup",
     "prepare_stages",
     "rendered_prompt",

@@ -1,0 +1,250 @@
+"""Judging a finished database: add a judge's verdicts to episodes that already ran.
+
+`judge_database(db, "empathy.yaml")` reads a judge spec — the same agent spec a scenario uses
+for an observer (role, persona with its rubric, `observes`, `when`, sampling, backend) — and
+applies it to every chosen episode: after each line of a watched agent (`when: turn`) or once
+per episode (`when: end`), with exactly the prompt and bounded structured output a live judge
+would use (the same `Episode` code), seeing what an observer sees. Verdicts go into
+`judgments` and their model calls into `llm_calls`; judging again with the same judge name
+replaces its earlier verdicts. Nothing else in the database changes. A judge file:
+
+    name: empathy_rater        # the judge's agent name in the database
+    backend: embedded          # (--backend overrides)
+    judge:
+      role: judge
+      observes: [helper]       # agent names in the judged episodes ('all': every speaker)
+      when: turn
+      persona: {rubric: {id: empathy, dimensions: [{name: empathy, scale: [1, 5]}]}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from personae._progress import RunProgress
+from personae.agents import Utterance, default_label
+from personae.backends import create_backend
+from personae.errors import UserError
+from personae.graphs import Episode, Observer
+from personae.judges import JudgeAgent, Judgment, get_judge
+from personae.plugins import load_imports
+from personae.scenario import AgentSpec, _read_yaml
+from personae.store import RunLog, Turn, TurnLogWriter, open_database
+from personae.validation import validate_persona, validation_error
+
+if TYPE_CHECKING:
+    from personae.export import EpisodeFilter
+
+
+class JudgeSpec(BaseModel):
+    """A judge file: one observer, applied to a finished database."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="The judge's agent name.")
+    description: str = ""
+    imports: list[str] = Field(default_factory=list)
+    backend: str = "embedded"
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    render: str | None = None
+    seed: int = 0
+    judge: AgentSpec
+
+
+@dataclass(frozen=True)
+class JudgeResult:
+    """What judging a database did.
+
+    Attributes:
+        episodes: Episodes judged.
+        judgments: Verdicts written.
+        invalid: Verdicts that did not parse (recorded as invalid).
+        mean_score: Mean score of the valid verdicts (None for codes or none valid).
+    """
+
+    episodes: int
+    judgments: int
+    invalid: int
+    mean_score: float | None
+
+    def line(self) -> str:
+        """One-line summary."""
+        score = f", mean score {self.mean_score:.2f}" if self.mean_score is not None else ""
+        bad = f" ({self.invalid} did not parse)" if self.invalid else ""
+        return f"{self.judgments} judgments{bad} on {self.episodes} episodes{score}"
+
+
+def load_judge_spec(path: str | Path) -> JudgeSpec:
+    """Read and validate a judge file (raises `UserError`)."""
+    path = Path(path)
+    data = _read_yaml(path, "judge file")
+    if not isinstance(data, dict):
+        raise UserError("a judge file must be a YAML mapping", where=str(path),
+                        fix="see the README's judges section")  # fmt: skip
+    imports = data.get("imports") or []
+    if isinstance(imports, list):
+        load_imports([str(i) for i in imports], base_dir=path.resolve().parent,
+                     where=f"{path}: imports")  # fmt: skip
+    try:
+        spec = JudgeSpec.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, str(path), JudgeSpec) from None
+    cls = get_judge(spec.judge.role, where=f"{path}: judge.role")
+    if not spec.judge.observes:
+        raise UserError("the judge observes nobody", where=f"{path}: judge.observes",
+                        fix="list the agents it rates, e.g. observes: [helper]")  # fmt: skip
+    persona = spec.judge.persona
+    if isinstance(persona, str):
+        file = Path(persona) if Path(persona).is_absolute() else path.resolve().parent / persona
+        loaded = _read_yaml(file, "judge persona file")
+        if not isinstance(loaded, dict):
+            raise UserError("a persona file must be a YAML mapping", where=str(file))
+        persona = loaded
+    spec.judge = spec.judge.model_copy(
+        update={"persona": validate_persona(cls.persona_model, persona, f"{path}: judge.persona")
+                .model_dump(mode="json")}
+    )  # fmt: skip
+    return spec
+
+
+async def ajudge_database(
+    db: str | Path,
+    judge: str | Path | JudgeSpec,
+    *,
+    backend: str | None = None,
+    chosen: EpisodeFilter | None = None,
+    concurrency: int | None = None,
+    progress: bool = False,
+) -> JudgeResult:
+    """Async form of `judge_database`."""
+    from personae.export import EpisodeFilter, select_episodes  # export reads replay: no cycle
+
+    spec = judge if isinstance(judge, JudgeSpec) else load_judge_spec(judge)
+    path = Path(db)
+    with RunLog(path) as log:
+        episodes = select_episodes(log, chosen or EpisodeFilter())
+        histories = {e["episode_id"]: log.turns(e["episode_id"]) for e in episodes}
+        labels = _labels(log, {e["run_id"] for e in episodes})
+    engine = create_backend(backend or spec.backend, {} if backend else spec.backend_options)
+    cls = get_judge(spec.judge.role)
+    persona = cls.persona_model.model_validate(spec.judge.persona)
+    observes = spec.judge.observes
+    _forget(path, spec.name, list(histories))
+    await engine.start()
+    made: list[tuple[bool, float | None]] = []
+    try:
+        async with TurnLogWriter(path) as writer:
+            gate = asyncio.Semaphore(concurrency or engine.parallelism)
+            with RunProgress(len(histories), progress) as bar:
+
+                async def one(episode_id: str, turns: Sequence[Turn]) -> None:
+                    async with gate:
+                        agent = cls(
+                            spec.name,
+                            persona,
+                            sampling=spec.judge.sampling,
+                            render_mode=spec.render or engine.render_mode,  # type: ignore[arg-type]
+                            label=spec.judge.label,
+                            window=spec.judge.window,
+                        )
+                        assert isinstance(agent, JudgeAgent)
+                        speakers = {t.agent for t in turns}
+                        watched = frozenset(speakers if observes == "all" else observes or ())
+                        episode = Episode(
+                            episode_id=episode_id,
+                            agents={spec.name: agent},
+                            backends={spec.name: engine},
+                            writer=writer,
+                            run_seed=spec.seed,
+                            observers=[Observer(agent, watched, spec.judge.when)],
+                        )
+                        verdicts = await _judge_episode(episode, turns, labels)
+                        made.extend((v.valid, v.score) for v in verdicts)
+                        bar.episode_done(False)
+
+                await asyncio.gather(*(one(e, t) for e, t in histories.items()))
+    finally:
+        await engine.close()
+    scores = [s for ok, s in made if ok and s is not None]
+    return JudgeResult(
+        episodes=len(histories),
+        judgments=len(made),
+        invalid=sum(not ok for ok, _ in made),
+        mean_score=sum(scores) / len(scores) if scores else None,
+    )
+
+
+def _forget(path: Path, judge: str, episode_ids: Sequence[str]) -> None:
+    """Delete a judge's earlier verdicts and calls on these episodes (judging again)."""
+    database = open_database(path, create=False)
+    try:
+        with database.conn:
+            for episode_id in episode_ids:
+                database.execute(
+                    "DELETE FROM judgments WHERE episode_id = ? AND judge = ?", [episode_id, judge]
+                )
+                database.execute(
+                    "DELETE FROM llm_calls WHERE episode_id = ? AND agent = ? "
+                    "AND purpose = 'judge'",
+                    [episode_id, judge],
+                )
+    finally:
+        database.conn.close()
+
+
+async def _judge_episode(
+    episode: Episode, turns: Sequence[Turn], labels: dict[str, str]
+) -> list[Judgment]:
+    """The observer's verdicts on a logged episode, exactly as a live judge would make them."""
+    observer = episode.observers[0]
+    history = [
+        Utterance(t.agent, labels.get(t.agent) or default_label(t.agent), t.text, t.audience,
+                  t.kind)  # type: ignore[arg-type]
+        for t in turns
+    ]  # fmt: skip
+    if observer.when == "end":
+        return [await episode.judge(observer, None, history)]
+    return [
+        await episode.judge(observer, t.idx, history[: i + 1])
+        for i, t in enumerate(turns)
+        if t.agent in observer.watches and t.kind == "line"
+    ]
+
+
+def _labels(log: RunLog, run_ids: set[str]) -> dict[str, str]:
+    """Speaker tags of the judged runs' agents, where their scenario gave them."""
+    from personae.runner import ConversationStudy, study_of_run
+
+    labels: dict[str, str] = {}
+    for run_id in sorted(run_ids):
+        try:
+            study = study_of_run(log, run_id)
+        except UserError:
+            continue  # a run whose roles are not importable here: default tags
+        if isinstance(study, ConversationStudy):
+            labels.update(study.scenario.cast().labels)
+    return labels
+
+
+def judge_database(db: str | Path, judge: str | Path | JudgeSpec, **options: Any) -> JudgeResult:
+    """Apply a judge to the episodes of a finished database.
+
+    Args:
+        db: The run database (verdicts are added to it).
+        judge: A judge file (see the module docstring) or a `JudgeSpec`.
+        **options: `backend` (a spec overriding the file's), `chosen` (an `EpisodeFilter`;
+            default every complete episode), `concurrency`, `progress`.
+
+    Returns:
+        A `JudgeResult` with counts and the mean score.
+
+    Raises:
+        UserError: a bad judge file, unknown judge role, bad backend spec or database.
+    """
+    return asyncio.run(ajudge_database(db, judge, **options))
