@@ -3,22 +3,26 @@ equivalent regex), what each engine is sent, and the real model decoding under i
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import enum
 import json
 import random
 import re
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import pytest
+import pytest_asyncio
 from pydantic import BaseModel, Field, StringConstraints, create_model
 
+from personae.backends import EmbeddedBackend, GenerationRequest, json_schema_grammar
+from personae.backends._openai import OpenAIBackend
 from personae.backends._structured import (
     DEFAULT_MAX_DIGITS,
     DEFAULT_MAX_ITEMS,
     DEFAULT_MAX_STRING_LENGTH,
     FRACTION_DIGITS,
-    json_schema_grammar,
     json_schema_regex,
     strict_json_schema,
 )
@@ -332,3 +336,122 @@ def test_strict_schema_requires_every_property_and_forbids_others() -> None:
     assert "default" not in strict["properties"]["worst"]
     assert strict_json_schema({"type": "object"}) is None
     assert "additionalProperties" not in Plain.model_json_schema()  # the input is untouched
+
+
+# --- what each engine is sent ---------------------------------------------------------------
+
+
+def test_embedded_sends_the_grammar_not_the_schema() -> None:
+    body = EmbeddedBackend()._payload(GenerationRequest(prompt="Rating:", json_schema=RATING))
+    assert body["grammar"] == json_schema_grammar(RATING)
+    assert "json_schema" not in body and "response_format" not in body
+
+
+def test_openai_dialects_send_bounded_constraints() -> None:
+    request = GenerationRequest(prompt="Rating:", json_schema=RATING)
+    llamacpp = OpenAIBackend("http://h/v1", model="m", structured="llamacpp").payload(request)
+    assert llamacpp["grammar"] == json_schema_grammar(RATING) and "json_schema" not in llamacpp
+    vllm = OpenAIBackend("http://h/v1", model="m", structured="vllm").payload(request)
+    assert vllm["structured_outputs"] == {"grammar": json_schema_grammar(RATING)}
+    hosted = OpenAIBackend("http://h/v1", model="m", structured="openai").payload(request)
+    spec = hosted["response_format"]["json_schema"]
+    assert spec["strict"] is True and spec["schema"] == strict_json_schema(RATING)
+    free = OpenAIBackend("http://h/v1", model="m", structured="openai").payload(
+        GenerationRequest(prompt="JSON:", json_schema={"type": "object"})
+    )
+    assert free["response_format"]["json_schema"] == {
+        "name": "output",
+        "schema": {"type": "object"},
+    }
+
+
+def test_an_unsupported_schema_fails_before_any_request() -> None:
+    request = GenerationRequest(prompt="x", json_schema={"type": "string", "format": "email"})
+    with pytest.raises(ValueError, match="'format'"):
+        EmbeddedBackend()._payload(request)
+    with pytest.raises(ValueError, match="'format'"):
+        OpenAIBackend("http://h/v1", model="m").payload(request)
+
+
+# --- the real model -----------------------------------------------------------------------
+
+JUDGE_PROMPT = (
+    "Counselor: How have you been this week?\n"
+    "Client: Not great. I keep arguing with my sister and I can't sleep.\n"
+    "Counselor: That sounds exhausting. What usually happens when you argue?\n\n"
+    "Rate the counselor's last turn for empathy (1-5) and clarity (1-5), with a one-sentence "
+    "rationale, as JSON.\nRating: "
+)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine() -> AsyncIterator[EmbeddedBackend]:
+    async with EmbeddedBackend(n_parallel=4, ctx_per_slot=1024) as backend:
+        yield backend
+
+
+@pytest.mark.model
+@pytest.mark.asyncio(loop_scope="module")
+async def test_small_model_rubric_replies_always_validate_and_stop(engine: EmbeddedBackend) -> None:
+    results = await asyncio.gather(
+        *(
+            engine.generate(
+                GenerationRequest(
+                    prompt=JUDGE_PROMPT,
+                    json_schema=RATING,
+                    temperature=1.0,
+                    top_p=1.0,
+                    seed=seed,
+                    max_tokens=200,
+                )
+            )
+            for seed in range(8)
+        )
+    )
+    for result in results:
+        assert result.finish_reason == "stop", result.text
+        assert accepts(RATING, result.text), result.text
+        Rating.model_validate_json(result.text)
+
+
+@pytest.mark.model
+@pytest.mark.asyncio(loop_scope="module")
+async def test_llama_cpp_decodes_every_construct_within_the_language(
+    engine: EmbeddedBackend,
+) -> None:
+    class Small(BaseModel):
+        mood: Mood
+        first: Turn
+        worst: Turn | None = None
+        warmth: float = Field(ge=0, le=1)
+        delta: int = Field(gt=-10, lt=10)
+        kind: Literal["review"]
+        quotes: list[Annotated[str, StringConstraints(max_length=10)]] = Field(max_length=2)
+        either: int | Annotated[str, StringConstraints(max_length=5)]
+
+    schema = Small.model_json_schema()
+    results = await asyncio.gather(
+        *(
+            engine.generate(
+                GenerationRequest(
+                    prompt="Review of the session as JSON:\n",
+                    json_schema=schema,
+                    temperature=1.0,
+                    seed=seed,
+                    max_tokens=300,
+                )
+            )
+            for seed in range(4)
+        )
+    )
+    for result in results:
+        assert result.finish_reason == "stop", result.text
+        assert accepts(schema, result.text), result.text
+        Small.model_validate_json(result.text)
+    # The largest shapes parse within llama.cpp's repetition limit (2000 copied rules):
+    # free-form JSON with every default cap, and a string longer than that limit.
+    for schema in ({"type": "object"}, {"type": "string", "minLength": 5, "maxLength": 4500}):
+        result = await engine.generate(
+            GenerationRequest(prompt="{", json_schema=schema, max_tokens=8, seed=1)
+        )
+        assert result.completion_tokens > 0

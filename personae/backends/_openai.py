@@ -35,6 +35,7 @@ from personae.backends._base import (
     TokenLogprob,
 )
 from personae.backends._embedded import choice_grammar, parse_logprobs
+from personae.backends._structured import json_schema_grammar, strict_json_schema
 from personae.errors import UserError
 
 STRUCTURED_DIALECTS = ("vllm", "llamacpp", "openai")
@@ -88,8 +89,9 @@ class OpenAIBackend(Backend):
         timeout_s: Per-attempt HTTP timeout.
         retries: Extra attempts after a connection error, timeout, 429 or 5xx.
         render: "chat" (instruct models) or "transcript" (base models via completions).
-        structured: Dialect for constrained output: "vllm" (`structured_outputs`), "llamacpp"
-            (`grammar`/`json_schema`) or "openai" (`response_format` JSON schema; choices are
+        structured: Dialect for constrained output: "vllm" (`structured_outputs`; schemas as
+            the `json_schema_grammar` GBNF, read by vLLM's default xgrammar backend), "llamacpp"
+            (`grammar`) or "openai" (strict `response_format` JSON schema; choices are
             wrapped in a `{"choice": ...}` object and unwrapped again).
         backoff_s: First retry delay; doubles per attempt (capped at 30 s).
         transport: An httpx transport to use instead of the network (tests).
@@ -218,13 +220,16 @@ class OpenAIBackend(Backend):
             if choices:
                 extra["grammar"] = choice_grammar(choices)
             elif schema is not None:
-                extra["json_schema"] = schema
+                extra["grammar"] = json_schema_grammar(schema)
             return extra
         if self._structured == "vllm":
             if choices:
                 return {"structured_outputs": {"choice": list(choices)}}
             if schema is not None:
-                return {"structured_outputs": {"json": schema}}
+                # Not `json` + `disable_any_whitespace`: vLLM's xgrammar backend reads that flag
+                # from the server's config only and drops it from a request. xgrammar (vLLM's
+                # default backend) parses this GBNF grammar as its own EBNF.
+                return {"structured_outputs": {"grammar": json_schema_grammar(schema)}}
             return {}
         if choices:  # openai: no choice constraint; wrap as an enum in a JSON object
             schema = {
@@ -235,12 +240,13 @@ class OpenAIBackend(Backend):
             }
         if schema is None:
             return {}
-        return {
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "output", "schema": schema},
-            }
-        }
+        # Without `strict` the provider treats the schema as a hint, not a decoding constraint;
+        # only a schema with a free-form object, which strict mode cannot express, goes without.
+        strict = strict_json_schema(schema)
+        spec: dict[str, Any] = {"name": "output", "schema": schema if strict is None else strict}
+        if strict is not None:
+            spec["strict"] = True
+        return {"response_format": {"type": "json_schema", "json_schema": spec}}
 
     async def _attempt(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         client = self._client
