@@ -105,6 +105,17 @@ def test_defs_become_shared_rules_and_optional_fields_allow_null() -> None:
     ]
 
 
+def test_odd_property_names_are_escaped_keys_and_plain_rule_names() -> None:
+    names = ['say "hi"', "back\\slash", "ключ", "2nd", "root", "a-b_c.d"]
+    schema = {"type": "object", "properties": {name: {"type": "boolean"} for name in names}}
+    grammar = json_schema_grammar(schema)
+    rules = [line.split(" ::= ")[0] for line in grammar.splitlines()]
+    assert len(set(rules)) == len(rules) == len(names) + 1
+    assert all(re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", rule) for rule in rules), rules
+    value = {name: i % 2 == 0 for i, name in enumerate(names)}
+    assert accepts(schema, json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
 def test_every_grammar_has_no_unbounded_repetition() -> None:
     for schema in (RATING, REVIEW, {}, {"type": "object"}, {"type": "array"}):
         grammar = json_schema_grammar(schema)
@@ -448,6 +459,14 @@ async def test_llama_cpp_decodes_every_construct_within_the_language(
         assert result.finish_reason == "stop", result.text
         assert accepts(schema, result.text), result.text
         Small.model_validate_json(result.text)
+    odd = {
+        "type": "object",
+        "properties": {'say "hi"': {"type": "boolean"}, "ключ": {"type": "null"}},
+    }
+    result = await engine.generate(
+        GenerationRequest(prompt="JSON:", json_schema=odd, temperature=1.0, seed=2, max_tokens=300)
+    )
+    assert result.finish_reason == "stop" and accepts(odd, result.text), result.text
     # The largest shapes parse within llama.cpp's repetition limit (2000 copied rules):
     # free-form JSON with every default cap, and a string longer than that limit.
     for schema in ({"type": "object"}, {"type": "string", "minLength": 5, "maxLength": 4500}):
