@@ -16,6 +16,7 @@ import pytest
 
 from personae.backends._base import BackendError, GenerationRequest, Message
 from personae.backends._openai import OpenAIBackend
+from personae.backends._structured import json_schema_grammar
 from personae.errors import UserError
 
 LONG_PREFIX = "The quick brown fox jumps over the lazy dog. " * 30
@@ -191,7 +192,7 @@ async def test_payload_dialects_and_paths() -> None:
     comp, chat = (json.loads(r.content) for r in seen)
     assert seen[0].url.path == "/v1/completions" and seen[1].url.path == "/v1/chat/completions"
     assert comp["structured_outputs"] == {"choice": ["a", "b"]} and comp["logprobs"] == 3
-    assert chat["structured_outputs"] == {"json": schema}
+    assert chat["structured_outputs"] == {"grammar": json_schema_grammar(schema)}
     assert chat["logprobs"] is True and chat["top_logprobs"] == 2
     assert chat["messages"] == [{"role": "user", "content": "u"}] and chat["model"] == "m"
     assert "grammar" not in comp and "response_format" not in chat

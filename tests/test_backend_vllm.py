@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 from personae.backends._base import GenerationRequest, Message
+from personae.backends._structured import json_schema_grammar
 from personae.backends._vllm import VLLMBackend
 from personae.errors import UserError
 
@@ -178,12 +179,13 @@ async def test_fake_engine_generate_mapping(tmp_path: Path, fake_vllm: type[_Eng
 
 
 async def test_fake_engine_prompt_and_json_schema(tmp_path: Path, fake_vllm: type[_Engine]) -> None:
-    schema = {"type": "object"}
+    schema = {"type": "object", "properties": {"mood": {"enum": ["calm", "upset"]}}}
     async with VLLMBackend(str(tmp_path)) as backend:
         result = await backend.generate(GenerationRequest(prompt="Once", json_schema=schema))
         prompt, params, _ = fake_vllm.instances[0].calls[0]
     assert prompt == "Once"
-    assert params.kwargs["structured_outputs"] == {"structured": {"json": schema}}
+    grammar = json_schema_grammar(schema)  # bounded; the per-request whitespace flag is ignored
+    assert params.kwargs["structured_outputs"] == {"structured": {"grammar": grammar}}
     assert params.kwargs["logprobs"] is None and params.kwargs["stop"] is None
     assert result.logprobs is not None  # the fake always reports them
 

@@ -21,6 +21,7 @@ from personae.backends._base import (
     GenerationResult,
     TokenLogprob,
 )
+from personae.backends._structured import json_schema_grammar
 from personae.errors import UserError
 
 DEFAULT_MODEL = "gemma-3-270m-q4_k_m"
@@ -151,7 +152,9 @@ class EmbeddedBackend(Backend):
         if request.choices:
             body["grammar"] = choice_grammar(request.choices)
         elif request.json_schema is not None:
-            body["json_schema"] = request.json_schema
+            # llama.cpp's own `json_schema` allows free whitespace between tokens, and a small
+            # model fills it until max_tokens; this grammar admits compact JSON only.
+            body["grammar"] = json_schema_grammar(request.json_schema)
         return body
 
     def _call(self, request: GenerationRequest) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from personae.backends._base import (
     TokenLogprob,
 )
 from personae.backends._embedded import choice_grammar, parse_logprobs
+from personae.backends._structured import json_schema_grammar, strict_json_schema
 from personae.errors import UserError
 
 STRUCTURED_DIALECTS = ("vllm", "llamacpp", "openai")
@@ -90,8 +91,9 @@ class OpenAIBackend(Backend):
             retries. Kept so existing specs still parse; exposed as `self.retries` (None: the
             caller's default) for the episode layer to honour.
         render: "chat" (instruct models) or "transcript" (base models via completions).
-        structured: Dialect for constrained output: "vllm" (`structured_outputs`), "llamacpp"
-            (`grammar`/`json_schema`) or "openai" (`response_format` JSON schema; choices are
+        structured: Dialect for constrained output: "vllm" (`structured_outputs`; schemas as
+            the `json_schema_grammar` GBNF, read by vLLM's default xgrammar backend), "llamacpp"
+            (`grammar`) or "openai" (strict `response_format` JSON schema; choices are
             wrapped in a `{"choice": ...}` object and unwrapped again).
         backoff_s: Like `retries`: not used here; exposed as `self.backoff_s` for the caller.
         transport: An httpx transport to use instead of the network (tests).
@@ -233,13 +235,16 @@ class OpenAIBackend(Backend):
             if choices:
                 extra["grammar"] = choice_grammar(choices)
             elif schema is not None:
-                extra["json_schema"] = schema
+                extra["grammar"] = json_schema_grammar(schema)
             return extra
         if self._structured == "vllm":
             if choices:
                 return {"structured_outputs": {"choice": list(choices)}}
             if schema is not None:
-                return {"structured_outputs": {"json": schema}}
+                # Not `json` + `disable_any_whitespace`: vLLM's xgrammar backend reads that flag
+                # from the server's config only and drops it from a request. xgrammar (vLLM's
+                # default backend) parses this GBNF grammar as its own EBNF.
+                return {"structured_outputs": {"grammar": json_schema_grammar(schema)}}
             return {}
         if choices:  # openai: no choice constraint; wrap as an enum in a JSON object
             schema = {
@@ -250,12 +255,13 @@ class OpenAIBackend(Backend):
             }
         if schema is None:
             return {}
-        return {
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "output", "schema": schema},
-            }
-        }
+        # Without `strict` the provider treats the schema as a hint, not a decoding constraint;
+        # only a schema with a free-form object, which strict mode cannot express, goes without.
+        strict = strict_json_schema(schema)
+        spec: dict[str, Any] = {"name": "output", "schema": schema if strict is None else strict}
+        if strict is not None:
+            spec["strict"] = True
+        return {"response_format": {"type": "json_schema", "json_schema": spec}}
 
     async def _attempt(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Any:
         """One POST; every failure is a `BackendError` saying whether a retry can help."""

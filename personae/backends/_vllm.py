@@ -24,6 +24,7 @@ from personae.backends._base import (
     GenerationResult,
     TokenLogprob,
 )
+from personae.backends._structured import json_schema_grammar
 from personae.errors import UserError
 
 _WHERE = "backend vllm"
@@ -206,8 +207,10 @@ class VLLMBackend(Backend):
             field, params_cls = self._vllm["structured"]
             if request.choices:
                 kwargs[field] = params_cls(choice=list(request.choices))
-            else:
-                kwargs[field] = params_cls(json=request.json_schema)
+            elif request.json_schema is not None:
+                # A grammar, not `json=` with `disable_any_whitespace=True`: xgrammar takes that
+                # flag from the engine's config only, so per request it would be ignored.
+                kwargs[field] = params_cls(grammar=json_schema_grammar(request.json_schema))
         return self._vllm["SamplingParams"](**kwargs)
 
     def render_prompt(self, request: GenerationRequest) -> str:

@@ -188,7 +188,7 @@ async def execute(
         progress: Show a progress bar on stderr.
         stop_when: A predicate on the history that ends a conversation.
         cache: True or a path: reuse replies to identical requests from a response cache.
-        announce: Called with the database path once it is known, before any engine starts.
+        announce: Called with the database path once the engines are up, before any row.
         extra_rows: More `episodes` columns for a planned episode (e.g. a fork's parent).
 
     Raises:
@@ -199,13 +199,13 @@ async def execute(
     if db_path.exists() and db_path.stat().st_size > 0:
         check_database(db_path)
     backends = RunBackends(study, backend)
-    if announce is not None:
-        announce(db_path)
     run_id = uuid.uuid4().hex[:12]
     start = time.perf_counter()
     results: list[bool] = []
     status = "interrupted"
     await backends.start()
+    if announce is not None:
+        announce(db_path)
     study.on_backends(backends.for_agent)
     try:
         database = open_database(db_path, create=True)
