@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -388,17 +389,42 @@ def _grid_axes(scenario: Scenario) -> list[tuple[str, str, list[Any]]]:
     return axes
 
 
-def plan_episodes(scenario: Scenario, *, limit: int | None = None) -> list[EpisodePlan]:
+#: Most turns a plan may hold (episodes times max_turns) unless the caller raises the limit: a
+#: typo such as `repeats: 1000000000` is a clear error, not a run that fills the memory.
+PLAN_LIMIT = 10_000_000
+
+
+def plan_episodes(
+    scenario: Scenario, *, limit: int | None = None, plan_limit: int | None = None
+) -> list[EpisodePlan]:
     """Every episode of the scenario, personas loaded and validated, in a stable order.
 
     The order is repeat-major over the grid's conditions (product of the grid values in file
     order); `limit` (or the scenario's `episodes`) keeps the first N.
+
+    Raises:
+        UserError: a bad grid or persona, or a plan of more than `plan_limit` (default
+            `PLAN_LIMIT`) turns, checked before any episode is built.
     """
     axes = _grid_axes(scenario)
     cap = limit or scenario.episodes
+    conditions = math.prod(len(values) for _, _, values in axes)
+    size = conditions * scenario.repeats
+    if cap is not None:
+        size = min(size, cap)
+    turns = int(getattr(scenario.graph, "max_turns", 1) or 1)
+    allowed = plan_limit or PLAN_LIMIT
+    if size * turns > allowed:
+        raise UserError(
+            f"the plan has {size:,} episodes of up to {turns} turns ({size * turns:,} turns), "
+            f"more than the limit of {allowed:,}",
+            where=f"{scenario.source}: repeats and grid",
+            fix="lower repeats or the grid, cap the run with --episodes N, or raise the limit "
+            "with --plan-limit N",
+        )
     plans: list[EpisodePlan] = []
     cache: dict[str, BaseModel] = {}
-    combos = list(itertools.product(*(values for _, _, values in axes))) or [()]
+    combos = list(itertools.product(*(values for _, _, values in axes)))
     for repeat in range(scenario.repeats):
         for combo in combos:
             if cap is not None and len(plans) >= cap:

@@ -547,7 +547,6 @@ PLAN_SIZE = [
         run(lambda e: e.scenario(base_scenario(repeats=10**9))),
         "episodes",
         "repeats 1e9",
-        xfail(f"{RUNNER}: cap the plan size (episodes x turns) with an override"),
     ),
     case(
         run(
@@ -563,7 +562,6 @@ PLAN_SIZE = [
         ),
         "episodes",
         "grid of 2e8 conditions",
-        xfail(f"{RUNNER}: cap the plan size (episodes x turns) with an override"),
     ),
 ]
 

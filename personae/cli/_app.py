@@ -81,6 +81,10 @@ def run(
         Path | None,
         typer.Option(help="Continue the newest run in this database (skips complete episodes)."),
     ] = None,
+    plan_limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Most turns a plan may hold (default 10,000,000)."),
+    ] = None,
     imports: Imports = None,
 ) -> None:
     """Run a scenario and log every turn to SQLite.
@@ -112,6 +116,7 @@ def run(
             cache=cache,
             resume=resume,
             announce=announce,
+            plan_limit=plan_limit,
         )
     except KeyboardInterrupt:
         if started:

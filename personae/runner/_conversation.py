@@ -86,8 +86,9 @@ class ConversationStudy(Study):
 
     kind = "scenario"
 
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, *, plan_limit: int | None = None) -> None:
         self.scenario = scenario
+        self.plan_limit = plan_limit
         self.name = scenario.name
         self.seed = scenario.seed
         self.base_dir = scenario.base_dir
@@ -104,7 +105,7 @@ class ConversationStudy(Study):
         }
 
     def plan(self) -> list[EpisodePlan]:
-        return plan_episodes(self.scenario)
+        return plan_episodes(self.scenario, plan_limit=self.plan_limit)
 
     def episode_row(self, plan: EpisodePlan) -> dict[str, Any]:
         row = super().episode_row(plan)
@@ -298,6 +299,7 @@ async def arun(
     resume: str | Path | None = None,
     imports: Sequence[str] = (),
     announce: Any = None,
+    plan_limit: int | None = None,
 ) -> RunResult:
     """Async form of `run`."""
     load_imports(imports, where="--import")
@@ -309,12 +311,13 @@ async def arun(
         study = resumed_study(Path(resume))
         if spec_string is not None and instance is None:
             study = study.with_backend(spec_string)
-        if isinstance(study, ConversationStudy) and (episodes or seed is not None):
-            study = ConversationStudy(_effective_scenario(study.scenario, episodes, None, seed))
+        if isinstance(study, ConversationStudy):
+            updated = _effective_scenario(study.scenario, episodes, None, seed)
+            study = ConversationStudy(updated, plan_limit=plan_limit)
     else:
-        study = ConversationStudy(
-            _effective_scenario(scenario, episodes, spec_string if instance is None else None, seed)
-        )
+        override = spec_string if instance is None else None
+        updated = _effective_scenario(scenario, episodes, override, seed)
+        study = ConversationStudy(updated, plan_limit=plan_limit)
     return await execute(
         study,
         db=Path(resume) if resume is not None else db,
@@ -341,7 +344,8 @@ def run(scenario: str | Path | Scenario | None = None, **options: Any) -> RunRes
             `response_cache.db` next to the run database), `resume` (a database: rerun its
             newest run — of any kind — into it; `scenario` may then be None), `imports`
             (Python files or modules to import first). Rerunning into a database skips
-            complete episodes and restarts unfinished ones from turn 0.
+            complete episodes and restarts unfinished ones from turn 0. `plan_limit`: most
+            turns (episodes times max_turns) a plan may hold (default 10,000,000).
 
     Returns:
         A `RunResult` with counts, tokens and the database path.
