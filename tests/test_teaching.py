@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -847,3 +852,80 @@ def test_teaching_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
     for curve in result.curves:
         assert 0.0 <= curve.at(0.0) <= 1.0 and 0.0 <= curve.at(1.0) <= 1.0
     assert result.curve("random").at(0.0) == result.curve("expected_utility").at(0.0)
+
+
+# -- resume after a crash --------------------------------------------------------------------
+
+
+def _complete_episodes(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            row = conn.execute("SELECT count(*) FROM episodes WHERE status = 'complete'")
+            return int(row.fetchone()[0])
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+
+
+def test_a_teaching_run_killed_mid_way_resumes_to_the_same_tables(tmp_path: Path) -> None:
+    """kill -9 during the assessment stage, then the same command again: the episodes already
+    complete are kept, the rest run, and the tables equal an uninterrupted run's."""
+    spec = {
+        "kind": "teaching",
+        "name": "resume_teaching",
+        "backend": "simulated",
+        "backend_options": {"latency_s": 0.01, "p_pre": 0.4, "p_post": 0.8},
+        "seeds": [0, 1],
+        "data": {"items": 10, "observe": 2},
+        "budgets": [0.0, 0.5, 1.0],
+        "functions": ["random", "expected_utility", "true_utility"],
+        "student": {"demos": 1},
+        "teacher": {"explanation_demos": 1, "mental_model_demos": 2},
+        "multi_turn": {"functions": ["random"], "budgets": [0.5], "demos": 2},
+        "bootstrap": {"resamples": 200},
+    }
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    command = [sys.executable, "-m", "personae", "experiment", "teaching", str(path), "-q",
+               "--concurrency", "2"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    killed, clean = tmp_path / "killed.db", tmp_path / "clean.db"
+    proc = subprocess.Popen([*command, "--db", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while _complete_episodes(killed) < 12 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    total = 2 * (2 + 10 + 10 + 1)
+    done = _complete_episodes(killed)
+    assert 0 < done < total, done  # it was killed mid-way
+    assert db_rows(killed, "SELECT status FROM runs")[0]["status"] == "running"
+    resumed = subprocess.run([*command, "--db", str(killed)], env=env, capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    subprocess.run([*command, "--db", str(clean)], env=env, check=True, capture_output=True,
+                   timeout=120)  # fmt: skip
+
+    def tables(db: Path) -> Any:
+        summary = json.loads(db_rows(db, "SELECT summary_json FROM runs ORDER BY created_at")[-1]
+                             ["summary_json"])  # fmt: skip
+        return summary["curves"], summary["multi_turn"]
+
+    assert tables(killed) == tables(clean)
+    with sqlite3.connect(killed) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        statuses = [r[0] for r in conn.execute("SELECT status FROM episodes")]
+        assert statuses == ["complete"] * total
+        dupes = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM turns GROUP BY episode_id, idx "
+            "HAVING count(*) > 1)"
+        ).fetchone()[0]
+        assert dupes == 0
+        decisions = conn.execute("SELECT count(*) FROM interventions").fetchone()[0]
+    assert decisions == db_rows(clean, "SELECT count(*) AS n FROM interventions")[0]["n"]
+    # the resumed run ran only what was missing
+    runs = db_rows(killed, "SELECT run_id FROM runs ORDER BY created_at")
+    by_run = db_rows(killed, "SELECT run_id, count(*) AS n FROM episodes GROUP BY run_id")
+    assert {r["run_id"]: r["n"] for r in by_run}[runs[-1]["run_id"]] == total - done

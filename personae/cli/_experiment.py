@@ -67,6 +67,9 @@ def teaching(
     plot: Annotated[
         Path | None, typer.Option(help="Save the accuracy-vs-budget curves as a PNG here.")
     ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Episodes in flight (default: the backend's).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     imports: Imports = None,
 ) -> None:
@@ -91,6 +94,7 @@ def teaching(
         seeds=parse_seeds(seeds),
         progress=not quiet,
         imports=imports or (),
+        concurrency=concurrency,
         announce=lambda path: out.print(f"database: {path}", markup=False),
     )
     _print_table(result.table())

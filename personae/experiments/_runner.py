@@ -211,6 +211,7 @@ async def arun_teaching(
     progress: bool = False,
     imports: Sequence[str] = (),
     announce: Callable[[Path], None] | None = None,
+    concurrency: int | None = None,
 ) -> TeachingResult:
     """Async form of `run_teaching`."""
     load_imports(imports, where="--import")
@@ -231,6 +232,7 @@ async def arun_teaching(
         backend=backend if isinstance(backend, Backend) else None,
         progress=progress,
         announce=announce,
+        concurrency=concurrency,
     )
     result = study.result
     assert isinstance(result, TeachingResult)
@@ -253,7 +255,8 @@ def run_teaching(scenario: str | Path | TeachingScenario, **options: Any) -> Tea
             the same experiment is resumed), `backend` (a spec, or a `Backend` instance, for
             both agents), `items` (use the first N test items), `seeds` (override the
             scenario's), `progress` (a progress bar), `imports` (Python files or modules with
-            your own roles or intervention functions).
+            your own roles or intervention functions), `concurrency` (episodes in flight;
+            default: the backends' parallelism).
 
     Returns:
         A `TeachingResult` with the accuracy curves, multi-turn rows and raw outcomes.

@@ -18,6 +18,7 @@ explanation's answer is read from the prompt, as a real student would read it.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import re
@@ -59,6 +60,7 @@ class SimulatedStudentBackend(Backend):
         mental_model_noise: Standard deviation of the noise on the teacher's simulated
             probabilities (0: the teacher knows the student exactly).
         seed: Seed of that noise.
+        latency_s: Seconds each call takes (to test runs that are interrupted or slow).
     """
 
     backend_id = "simulated"
@@ -74,6 +76,7 @@ class SimulatedStudentBackend(Backend):
         teacher_accuracy: Probability = 0.9,
         mental_model_noise: float = 0.0,
         seed: int = 0,
+        latency_s: float = 0.0,
     ) -> None:
         self.parallelism = 1024
         self.p_pre = p_pre
@@ -82,6 +85,7 @@ class SimulatedStudentBackend(Backend):
         self.teacher_accuracy = teacher_accuracy
         self.mental_model_noise = float(mental_model_noise)
         self.seed = seed
+        self.latency_s = float(latency_s)
         self.items: dict[str, Item] = {}
         self.add_items(items)
         self.requests: list[GenerationRequest] = []
@@ -137,6 +141,8 @@ class SimulatedStudentBackend(Backend):
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         start = time.perf_counter()
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
         self.requests.append(request)
         if not request.choices:
             item = request.tags.get("item_id", "?")
