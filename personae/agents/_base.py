@@ -151,8 +151,13 @@ class Agent:
         self.audience: tuple[str, ...] | None = tuple(audience) if audience is not None else None
 
     @functools.cached_property
+    def _system_text(self) -> str:
+        """`system_prompt()`, stripped, computed once (it is constant for the episode)."""
+        return self.system_prompt().strip()
+
+    @functools.cached_property
     def _folded_header(self) -> str:
-        return _SPACES.sub(" ", self.system_prompt())
+        return _SPACES.sub(" ", self._system_text)
 
     # -- what subclasses specialise -------------------------------------------------------
     def system_prompt(self) -> str:
@@ -228,9 +233,8 @@ class Agent:
         """Screenplay prompt: title, private header, the lines seen so far, then this agent's
         tag. `history` is what this agent sees (see `view`)."""
         parts = [self.transcript_title]
-        header = self.system_prompt().strip()
-        if header:
-            parts.append(header)
+        if self._system_text:
+            parts.append(self._system_text)
         lines = [f"{self._tag(u)}: {u.text}" for u in history]
         lines.append(f"{self.label}:")
         return "\n\n".join(parts) + "\n\n" + "\n".join(lines)
@@ -240,7 +244,7 @@ class Agent:
         (consecutive lines of one side merged, as chat templates expect alternation). Others'
         lines carry their speaker's tag when several agents talk or the line is private.
         `history` is what this agent sees (see `view`)."""
-        messages = [Message("system", self.system_prompt().strip())]
+        messages = [Message("system", self._system_text)]
         if not history or history[0].agent == self.name:  # this agent opens
             messages.append(Message("user", "(The conversation begins.)"))
         for u in history:

@@ -127,6 +127,7 @@ class Episode:
     judgments: list[tuple[int | None, str, Judgment]] = field(default_factory=list)
     lineage: str = ""
     prefix: Sequence[Turn] = ()
+    _lines: int = 0  # spoken lines so far (an agent's fixed opening is for the first one)
     _pending: list[asyncio.Task[Judgment]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -231,8 +232,10 @@ class Episode:
             return await self._kept(turn, name, decision, taken=False)
         utterance = self.utterance(name, text, kind, audience)
         self.history.append(utterance)
+        self._lines += kind == "line"
         self.log_turn(turn, utterance, hidden, None, decision)
-        await self._after_line(turn, utterance)
+        if self.observers:
+            await self._after_line(turn, utterance)
         return utterance
 
     async def take_turn(
@@ -255,7 +258,7 @@ class Episode:
         if turn < len(self.prefix):
             return await self._kept(turn, name, decision, taken=True)
         hidden: dict[str, Any] = dict(agent.hidden_state())
-        opening = agent.opening() if not any(u.kind == "line" for u in self.history) else None
+        opening = agent.opening() if not self._lines else None
         cid: str | None = None
         kind: LineKind = "line"
         if opening is not None:
@@ -269,10 +272,11 @@ class Episode:
         self.history.append(utterance)
         self.turns_taken += 1
         self.passes_in_a_row = self.passes_in_a_row + 1 if kind == "pass" else 0
+        self._lines += kind == "line"
         self.log_turn(turn, utterance, hidden, cid, decision)
         if self.on_turn is not None:
             self.on_turn(self.completion_tokens)
-        if kind == "line":
+        if self.observers and kind == "line":
             await self._after_line(turn, utterance)
         return utterance
 
@@ -290,6 +294,7 @@ class Episode:
         kind: LineKind = kept.kind  # type: ignore[assignment]
         utterance = Utterance(name, self.agents[name].label, kept.text, kept.audience, kind)
         self.history.append(utterance)
+        self._lines += kind == "line"
         if taken:
             self.turns_taken += 1
             self.passes_in_a_row = self.passes_in_a_row + 1 if kind == "pass" else 0
