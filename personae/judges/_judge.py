@@ -175,10 +175,16 @@ class JudgeAgent(Agent):
         return Judgment(parsed, True, None, rubric.score(parsed))
 
     def judge_parsed(self, parsed: dict[str, Any]) -> Judgment:
-        """A `Judgment` for a verdict `evaluate` computed (validated like a model reply)."""
+        """A `Judgment` for a verdict `evaluate` computed, validated like a model reply (a
+        missing rationale is empty; one the rubric has no room for is dropped)."""
         if self.rubric.kind == "codes":
             return self.parse(str(parsed.get("code", "")))
-        return self.parse(json.dumps(parsed))
+        verdict = dict(parsed)
+        if self.rubric.rationale:
+            verdict.setdefault("rationale", "")
+        else:
+            verdict.pop("rationale", None)
+        return self.parse(json.dumps(verdict))
 
     def feedback(self, judgment: Judgment) -> str:
         """The text of the private line sent to the agents this judge's output is routed to."""

@@ -131,10 +131,18 @@ async def ajudge_database(
         episodes = select_episodes(log, chosen or EpisodeFilter())
         histories = {e["episode_id"]: log.turns(e["episode_id"]) for e in episodes}
         labels = _labels(log, {e["run_id"] for e in episodes})
+    speakers = {t.agent for turns in histories.values() for t in turns}
+    observes = spec.judge.observes
+    missing = sorted(set() if observes == "all" else set(observes or ()) - speakers)
+    if histories and len(missing) == len(observes or ()):
+        raise UserError(
+            f"no chosen episode has an agent named {', '.join(map(repr, missing))}",
+            where=f"judge {spec.name!r}: judge.observes",
+            fix=f"agents in these episodes: {', '.join(sorted(speakers))}",
+        )
     engine = create_backend(backend or spec.backend, {} if backend else spec.backend_options)
     cls = get_judge(spec.judge.role)
     persona = cls.persona_model.model_validate(spec.judge.persona)
-    observes = spec.judge.observes
     _forget(path, spec.name, list(histories))
     await engine.start()
     made: list[tuple[bool, float | None]] = []

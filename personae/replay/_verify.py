@@ -319,8 +319,9 @@ async def averify_episode(
             }
         )
     logged_calls: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    own = set(backends)  # verdicts a judge added afterwards (`personae judge`) are not re-run
     for call in calls:
-        if call["turn_idx"] >= start:
+        if call["turn_idx"] >= start and call["agent"] in own:
             logged_calls[int(call["turn_idx"])].append(call)
     for grouped in (new_calls, logged_calls):  # judges run concurrently: compare by call id
         for turn_calls in grouped.values():
@@ -338,7 +339,8 @@ async def averify_episode(
     if first is None and missed is not None:  # a miss without a turn tag
         first = TurnDiff(start, str(missed))
     if first is None and complete:
-        first = _compare_judgments(judged, writer.rows["judgments"])
+        ran = [j for j in judged if j["judge"] in own]
+        first = _compare_judgments(ran, writer.rows["judgments"])
     return VerifyResult(setup.episode_id, len(logged), start, first)
 
 
