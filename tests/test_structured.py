@@ -18,13 +18,13 @@ from pydantic import BaseModel, Field, StringConstraints, create_model
 
 from personae.backends import EmbeddedBackend, GenerationRequest, json_schema_grammar
 from personae.backends._openai import OpenAIBackend
+from personae.backends._strict import strict_json_schema
 from personae.backends._structured import (
     DEFAULT_MAX_DIGITS,
     DEFAULT_MAX_ITEMS,
     DEFAULT_MAX_STRING_LENGTH,
     FRACTION_DIGITS,
     json_schema_regex,
-    strict_json_schema,
 )
 
 Score = Literal[1, 2, 3, 4, 5]

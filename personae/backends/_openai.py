@@ -36,7 +36,8 @@ from personae.backends._base import (
     TokenLogprob,
 )
 from personae.backends._embedded import choice_grammar, parse_logprobs
-from personae.backends._structured import json_schema_grammar, strict_json_schema
+from personae.backends._strict import strict_json_schema
+from personae.backends._structured import json_schema_grammar
 from personae.errors import UserError
 
 STRUCTURED_DIALECTS = ("vllm", "llamacpp", "openai")

@@ -27,27 +27,44 @@ Anything else raises `ValueError` naming the construct and where it is. The gram
 than the schema (escapes, exponents and whitespace are valid JSON it refuses) and, for numbers
 with fractional or exclusive bounds, a little wider: validate replies with pydantic.
 
-`json_schema_regex` renders the same language as a Python regular expression, and
-`strict_json_schema` rewrites a schema for hosted APIs' strict structured-output mode.
+`json_schema_regex` renders the same language as a Python regular expression (the tree of
+`personae.backends._grammar`); `personae.backends._strict` rewrites a schema for hosted APIs'
+strict structured-output mode.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+from personae.backends._grammar import (
+    DEFAULT_MAX_DIGITS,
+    BLOCK,
+    CAP,
+    CHAR,
+    DIGIT,
+    Lit,
+    Node,
+    Ref,
+    alt,
+    gbnf,
+    has_repetition,
+    integer_range,
+    natural_range,
+    references,
+    regex,
+    rep,
+    seq,
+)
 
 #: Characters allowed in a string that has no `maxLength`.
 DEFAULT_MAX_STRING_LENGTH = 500
 #: Items allowed in an array that has no `maxItems`.
 DEFAULT_MAX_ITEMS = 20
-#: Digits allowed in an integer (or a number's integer part) on a side with no bound.
-DEFAULT_MAX_DIGITS = 15
 #: Digits allowed after a number's decimal point.
 FRACTION_DIGITS = 6
 #: Objects or arrays a free-form value (a schema that does not say its shape) may nest.
@@ -67,237 +84,6 @@ _ALLOWED = {
     "boolean": frozenset({"type"}),
     "null": frozenset({"type"}),
 }
-
-
-# --- the language, as a small tree rendered two ways -------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Lit:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Class:
-    gbnf: str
-    regex: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Seq:
-    items: tuple[_Node, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class _Alt:
-    options: tuple[_Node, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class _Rep:
-    item: _Node
-    low: int
-    high: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Ref:
-    name: str
-
-
-_Node = _Lit | _Class | _Seq | _Alt | _Rep | _Ref
-
-_CAP = 10**DEFAULT_MAX_DIGITS - 1
-# Longest run written as one `x{m,n}`; longer ones go in blocks (see `_Builder.repeat`).
-_BLOCK = 1000
-_EMPTY = _Lit("")
-_DIGIT = _Class("[0-9]", "[0-9]")
-# One string character that needs no escape: not `"`, not `\`, not a control character. Not a
-# surrogate either: xgrammar would take one UTF-8-encoded, and it decodes to three U+FFFD.
-_CHAR = _Class(r'[^"\\\x7F\x00-\x1F\uD800-\uDFFF]', r'[^"\\\x00-\x1f\x7f\ud800-\udfff]')
-
-
-def _seq(*items: _Node) -> _Node:
-    flat: list[_Node] = []
-    for item in items:
-        for part in item.items if isinstance(item, _Seq) else (item,):
-            if isinstance(part, _Lit) and flat and isinstance(flat[-1], _Lit):
-                flat[-1] = _Lit(flat[-1].text + part.text)
-            elif part != _EMPTY:
-                flat.append(part)
-    if not flat:
-        return _EMPTY
-    return flat[0] if len(flat) == 1 else _Seq(tuple(flat))
-
-
-def _alt(*options: _Node) -> _Node:
-    flat: list[_Node] = []
-    for option in options:
-        for part in option.options if isinstance(option, _Alt) else (option,):
-            if part not in flat:
-                flat.append(part)
-    return flat[0] if len(flat) == 1 else _Alt(tuple(flat))
-
-
-def _rep(item: _Node, low: int, high: int) -> _Node:
-    if high == 0:
-        return _EMPTY
-    if low == high == 1:
-        return item
-    if isinstance(item, _Lit) and low == high:
-        return _Lit(item.text * low)
-    return _Rep(item, low, high)
-
-
-def _has_repetition(node: _Node) -> bool:
-    if isinstance(node, _Rep):
-        return True
-    if isinstance(node, _Seq):
-        return any(_has_repetition(item) for item in node.items)
-    if isinstance(node, _Alt):
-        return any(_has_repetition(option) for option in node.options)
-    return False
-
-
-def _digits(first: int, last: int) -> _Node:
-    if first == last:
-        return _Lit(str(first))
-    return _Class(f"[{first}-{last}]", f"[{first}-{last}]")
-
-
-# --- integer ranges --------------------------------------------------------------------
-
-
-def _same_length(low: str, high: str) -> list[_Node]:
-    """Alternatives matching the decimal numbers from `low` to `high`, both of one length."""
-    if low == high:
-        return [_Lit(low)]
-    if len(low) == 1:
-        return [_digits(int(low), int(high))]
-    if low[0] == high[0]:
-        return [_seq(_Lit(low[0]), _alt(*_same_length(low[1:], high[1:])))]
-    rest = len(low) - 1
-    first, last = int(low[0]), int(high[0])
-    out: list[_Node] = []
-    tail: list[_Node] = []
-    if low[1:] != "0" * rest:
-        out.append(_seq(_Lit(low[0]), _alt(*_same_length(low[1:], "9" * rest))))
-        first += 1
-    if high[1:] != "9" * rest:
-        tail.append(_seq(_Lit(high[0]), _alt(*_same_length("0" * rest, high[1:]))))
-        last -= 1
-    if first <= last:
-        out.append(_seq(_digits(first, last), _rep(_DIGIT, rest, rest)))
-    return out + tail
-
-
-def _natural_range(low: int, high: int) -> list[_Node]:
-    """Alternatives matching the integers from `low` to `high` (0 <= low <= high)."""
-    out: list[_Node] = []
-    shortest, longest = len(str(low)), len(str(high))
-    n = shortest
-    while n <= longest:
-        start = low if n == shortest else 10 ** (n - 1)
-        end = high if n == longest else 10**n - 1
-        whole = end == 10**n - 1 and (start == 10 ** (n - 1) if n > 1 else start <= 1)
-        m = n
-        while whole and (m + 1 < longest or (m + 1 == longest and high == 10**longest - 1)):
-            m += 1
-        if whole and m > 1:
-            # Whole digit counts in a row collapse into one repetition.
-            if start == 0:
-                out.append(_Lit("0"))
-            out.append(_seq(_Class("[1-9]", "[1-9]"), _rep(_DIGIT, n - 1, m - 1)))
-            n = m + 1
-            continue
-        out.extend(_same_length(str(start), str(end)))
-        n += 1
-    return out
-
-
-def _integer_range(low: int, high: int) -> _Node:
-    options: list[_Node] = []
-    if high >= 0:
-        options.extend(_natural_range(max(low, 0), high))
-    if low < 0:
-        options.append(_seq(_Lit("-"), _alt(*_natural_range(max(1, -high), -low))))
-    return _alt(*options)
-
-
-# --- GBNF and regex rendering -----------------------------------------------------------
-
-
-def _gbnf_literal(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _gbnf(node: _Node) -> str:
-    if isinstance(node, _Lit):
-        return _gbnf_literal(node.text)
-    if isinstance(node, _Class):
-        return node.gbnf
-    if isinstance(node, _Ref):
-        return node.name
-    if isinstance(node, _Seq):
-        return " ".join(
-            _gbnf_atom(item) if isinstance(item, _Alt) else _gbnf(item) for item in node.items
-        )
-    if isinstance(node, _Alt):
-        return " | ".join(_gbnf(option) for option in node.options)
-    inner = _gbnf_atom(node.item)
-    if (node.low, node.high) == (0, 1):
-        return inner + "?"
-    if node.low == node.high:
-        return f"{inner}{{{node.low}}}"
-    return f"{inner}{{{node.low},{node.high}}}"
-
-
-def _gbnf_atom(node: _Node) -> str:
-    return f"({_gbnf(node)})" if isinstance(node, _Seq | _Alt) else _gbnf(node)
-
-
-def _regex(node: _Node, rules: dict[str, _Node]) -> str:
-    if isinstance(node, _Lit):
-        return re.escape(node.text)
-    if isinstance(node, _Class):
-        return node.regex
-    if isinstance(node, _Ref):
-        return f"(?:{_regex(rules[node.name], rules)})"
-    if isinstance(node, _Seq):
-        return "".join(
-            f"(?:{_regex(item, rules)})" if isinstance(item, _Alt) else _regex(item, rules)
-            for item in node.items
-        )
-    if isinstance(node, _Alt):
-        return "|".join(_regex(option, rules) for option in node.options)
-    quantifier = "?" if (node.low, node.high) == (0, 1) else f"{{{node.low},{node.high}}}"
-    return f"(?:{_regex(node.item, rules)}){quantifier}"
-
-
-def _references(node: _Node) -> list[str]:
-    if isinstance(node, _Ref):
-        return [node.name]
-    if isinstance(node, _Seq):
-        return [name for item in node.items for name in _references(item)]
-    if isinstance(node, _Alt):
-        return [name for option in node.options for name in _references(option)]
-    if isinstance(node, _Rep):
-        return _references(node.item)
-    return []
 
 
 # --- schema walking ---------------------------------------------------------------------
@@ -327,18 +113,18 @@ class _Builder:
         if not isinstance(defs, dict):
             raise ValueError("#/$defs: must be an object mapping names to schemas")
         self.defs: dict[str, Any] = defs
-        self.rules: dict[str, _Node] = {}
+        self.rules: dict[str, Node] = {}
         self.used: set[str] = {"root"}
         self.def_rules: dict[str, str] = {}
         self.expanding: list[str] = []
-        self.any_rules: dict[int, _Ref] = {}
+        self.any_rules: dict[int, Ref] = {}
 
-    def build(self) -> _Node:
+    def build(self) -> Node:
         self.rules["root"] = self.value(self.schema, "#", "root")
         return self.rules["root"]
 
-    def rule(self, hint: str, node: _Node) -> _Ref:
-        if isinstance(node, _Ref):
+    def rule(self, hint: str, node: Node) -> Ref:
+        if isinstance(node, Ref):
             return node
         base = _rule_name(hint)
         name, n = base, 1
@@ -347,7 +133,7 @@ class _Builder:
             name = f"{base}-{n}"
         self.used.add(name)
         self.rules[name] = node
-        return _Ref(name)
+        return Ref(name)
 
     @staticmethod
     def only(schema: dict[str, Any], allowed: frozenset[str], where: str, what: str) -> None:
@@ -357,7 +143,7 @@ class _Builder:
         if extra:
             raise ValueError(f"{where}: unsupported keyword {extra[0]!r} in {what} schema")
 
-    def value(self, schema: Any, where: str, hint: str) -> _Node:
+    def value(self, schema: Any, where: str, hint: str) -> Node:
         if not isinstance(schema, dict):
             raise ValueError(f"{where}: unsupported schema {schema!r} (expected an object)")
         if "$ref" in schema:
@@ -374,16 +160,16 @@ class _Builder:
             options = schema["anyOf"]
             if not isinstance(options, list) or not options:
                 raise ValueError(f"{where}: anyOf must be a non-empty list of schemas")
-            return _alt(*(self.value(o, f"{where}/anyOf/{i}", hint) for i, o in enumerate(options)))
+            return alt(*(self.value(o, f"{where}/anyOf/{i}", hint) for i, o in enumerate(options)))
         if "const" in schema:
             self.only(schema, frozenset({"const", "type"}), where, "a const")
-            return _Lit(self.literal(schema["const"], where))
+            return Lit(self.literal(schema["const"], where))
         if "enum" in schema:
             self.only(schema, frozenset({"enum", "type"}), where, "an enum")
             values = schema["enum"]
             if not isinstance(values, list) or not values:
                 raise ValueError(f"{where}: enum must be a non-empty list")
-            return _alt(*(_Lit(self.literal(v, where)) for v in values))
+            return alt(*(Lit(self.literal(v, where)) for v in values))
         kind = schema.get("type")
         if kind is None:
             self.only(schema, frozenset(), where, "an untyped")
@@ -395,7 +181,7 @@ class _Builder:
                 else f"{where}: unsupported type {kind!r}"
             )
         self.only(schema, _ALLOWED[kind], where, f"a {kind}")
-        build: Callable[[dict[str, Any], str, str], _Node] = getattr(self, f"_{kind}")
+        build: Callable[[dict[str, Any], str, str], Node] = getattr(self, f"_{kind}")
         return build(schema, where, hint)
 
     def literal(self, value: Any, where: str) -> str:
@@ -404,7 +190,7 @@ class _Builder:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: enum/const value {value!r} is not JSON") from exc
 
-    def ref(self, ref: Any, where: str) -> _Ref:
+    def ref(self, ref: Any, where: str) -> Ref:
         if not isinstance(ref, str) or not ref.startswith("#/$defs/"):
             raise ValueError(f"{where}: unsupported $ref {ref!r} (only '#/$defs/NAME' is)")
         name = ref[len("#/$defs/") :].replace("~1", "/").replace("~0", "~")
@@ -421,16 +207,16 @@ class _Builder:
             finally:
                 self.expanding.pop()
             self.def_rules[ref] = self.rule(name, node).name
-        return _Ref(self.def_rules[ref])
+        return Ref(self.def_rules[ref])
 
-    def _object(self, schema: dict[str, Any], where: str, hint: str) -> _Node:
+    def _object(self, schema: dict[str, Any], where: str, hint: str) -> Node:
         properties = schema.get("properties")
         extra = schema.get("additionalProperties", properties is None)
         if not isinstance(extra, bool | dict):
             raise ValueError(f"{where}: additionalProperties must be a boolean or a schema")
         if properties is None:
             if extra is False:
-                return _Lit("{}")
+                return Lit("{}")
             value = (
                 self.rule(f"{hint}-value", self.value(extra, f"{where}/additionalProperties", hint))
                 if isinstance(extra, dict)
@@ -440,18 +226,18 @@ class _Builder:
         if not isinstance(properties, dict):
             raise ValueError(f"{where}: properties must be an object mapping names to schemas")
         # Only the declared properties are written, which any additionalProperties allows.
-        parts: list[_Node] = [_Lit("{")]
+        parts: list[Node] = [Lit("{")]
         for i, (key, sub) in enumerate(properties.items()):
             child = f"{hint}-{key}" if hint != "root" else str(key)
             node = self.value(sub, f"{where}/properties/{key}", child)
-            parts += [_Lit(("," if i else "") + _compact(str(key)) + ":"), self.rule(child, node)]
-        parts.append(_Lit("}"))
-        return _seq(*parts)
+            parts += [Lit(("," if i else "") + _compact(str(key)) + ":"), self.rule(child, node)]
+        parts.append(Lit("}"))
+        return seq(*parts)
 
-    def _array(self, schema: dict[str, Any], where: str, hint: str) -> _Node:
+    def _array(self, schema: dict[str, Any], where: str, hint: str) -> Node:
         low, high = self.bounds(schema, "minItems", "maxItems", DEFAULT_MAX_ITEMS, where)
         if high == 0:
-            return _Lit("[]")
+            return Lit("[]")
         if "items" in schema:
             node = self.value(schema["items"], f"{where}/items", hint)
             item = self.rule(f"{hint}-item", node)
@@ -459,58 +245,58 @@ class _Builder:
             item = self.any_value(DEFAULT_MAX_DEPTH - 1)
         return self.list("[", item, low, high, "]", hint)
 
-    def list(self, open_: str, item: _Node, low: int, high: int, close: str, hint: str) -> _Node:
+    def list(self, open_: str, item: Node, low: int, high: int, close: str, hint: str) -> Node:
         """`item`s between `open_` and `close`, comma-separated, `low` to `high` of them."""
         if high == 0:
-            return _Lit(open_ + close)
-        if _has_repetition(item):
+            return Lit(open_ + close)
+        if has_repetition(item):
             item = self.rule(hint, item)
-        more = self.repeat(_seq(_Lit(","), item), max(low - 1, 0), high - 1, hint)
-        body = _seq(item, more)
-        return _seq(_Lit(open_), body if low else _rep(body, 0, 1), _Lit(close))
+        more = self.repeat(seq(Lit(","), item), max(low - 1, 0), high - 1, hint)
+        body = seq(item, more)
+        return seq(Lit(open_), body if low else rep(body, 0, 1), Lit(close))
 
-    def repeat(self, item: _Node, low: int, high: int, hint: str) -> _Node:
+    def repeat(self, item: Node, low: int, high: int, hint: str) -> Node:
         """`item` `low` to `high` times, in a shape llama.cpp's grammar parser takes.
 
         llama.cpp copies the rules inside `x{m,n}` n times and refuses a grammar once that
         product reaches 2000, so an item with repetitions of its own becomes a rule, and a run
-        longer than `_BLOCK` is counted in whole blocks plus a remainder (one parse per length).
+        longer than `BLOCK` is counted in whole blocks plus a remainder (one parse per length).
         """
-        if high > 1 and _has_repetition(item):
+        if high > 1 and has_repetition(item):
             item = self.rule(hint, item)
-        if high <= _BLOCK:
-            return _rep(item, low, high)
-        block = self.rule(f"{hint}-{_BLOCK}", _rep(item, _BLOCK, _BLOCK))
-        whole, rest = divmod(low, _BLOCK)
-        exactly_low = _seq(_rep(block, whole, whole), _rep(item, rest, rest))
-        blocks, tail = divmod(high - low, _BLOCK)
-        up_to = _rep(item, 0, tail)
+        if high <= BLOCK:
+            return rep(item, low, high)
+        block = self.rule(f"{hint}-{BLOCK}", rep(item, BLOCK, BLOCK))
+        whole, rest = divmod(low, BLOCK)
+        exactly_low = seq(rep(block, whole, whole), rep(item, rest, rest))
+        blocks, tail = divmod(high - low, BLOCK)
+        up_to = rep(item, 0, tail)
         if blocks:
-            shorter = _seq(_rep(block, 0, blocks - 1), _rep(item, 0, _BLOCK - 1))
-            up_to = _alt(shorter, _seq(_rep(block, blocks, blocks), up_to))
-        return _seq(exactly_low, up_to)
+            shorter = seq(rep(block, 0, blocks - 1), rep(item, 0, BLOCK - 1))
+            up_to = alt(shorter, seq(rep(block, blocks, blocks), up_to))
+        return seq(exactly_low, up_to)
 
-    def members(self, value: _Ref) -> _Node:
+    def members(self, value: Ref) -> Node:
         """A free-form object: up to DEFAULT_MAX_ITEMS string keys, each with `value`."""
         key = self._string({}, "", "key")
-        member = _seq(key, _Lit(":"), value)
+        member = seq(key, Lit(":"), value)
         return self.list("{", member, 0, DEFAULT_MAX_ITEMS, "}", f"{value.name}-member")
 
-    def any_value(self, depth: int) -> _Ref:
+    def any_value(self, depth: int) -> Ref:
         """Any JSON value nesting at most `depth` objects or arrays, with the default caps."""
         if depth not in self.any_rules:
             options = [self._string({}, "", ""), self._number({}, "", "")]
-            options += [_Lit("true"), _Lit("false"), _Lit("null")]
+            options += [Lit("true"), Lit("false"), Lit("null")]
             if depth > 0:
                 inner = self.any_value(depth - 1)
                 array = self.list("[", inner, 0, DEFAULT_MAX_ITEMS, "]", inner.name)
                 options += [self.members(inner), array]
-            self.any_rules[depth] = self.rule(f"json-value-{depth}", _alt(*options))
+            self.any_rules[depth] = self.rule(f"json-value-{depth}", alt(*options))
         return self.any_rules[depth]
 
-    def _string(self, schema: dict[str, Any], where: str, hint: str) -> _Node:
+    def _string(self, schema: dict[str, Any], where: str, hint: str) -> Node:
         low, high = self.bounds(schema, "minLength", "maxLength", DEFAULT_MAX_STRING_LENGTH, where)
-        return _seq(_Lit('"'), self.repeat(_CHAR, low, high, f"{hint}-chars"), _Lit('"'))
+        return seq(Lit('"'), self.repeat(CHAR, low, high, f"{hint}-chars"), Lit('"'))
 
     @staticmethod
     def bounds(
@@ -548,53 +334,53 @@ class _Builder:
             raise ValueError(f"{where}: no number lies within the bounds")
         return low, low_exclusive, high, high_exclusive
 
-    def _integer(self, schema: dict[str, Any], where: str, hint: str) -> _Node:
+    def _integer(self, schema: dict[str, Any], where: str, hint: str) -> Node:
         low, low_ex, high, high_ex = self.limits(schema, where)
         first = None if low is None else math.floor(low) + 1 if low_ex else math.ceil(low)
         last = None if high is None else math.ceil(high) - 1 if high_ex else math.floor(high)
         if first is None:
-            first = min(-_CAP, last or 0)
+            first = min(-CAP, last or 0)
         if last is None:
-            last = max(_CAP, first)
+            last = max(CAP, first)
         if first > last:
             raise ValueError(f"{where}: no integer lies within the bounds")
-        return _integer_range(first, last)
+        return integer_range(first, last)
 
-    def _number(self, schema: dict[str, Any], where: str, hint: str) -> _Node:
+    def _number(self, schema: dict[str, Any], where: str, hint: str) -> Node:
         low, _, high, _ = self.limits(schema, where)
         # Rounded outward, so the language holds every number within the bounds.
         first = None if low is None else math.floor(low)
         last = None if high is None else math.ceil(high)
-        fraction = _rep(_seq(_Lit("."), _rep(_DIGIT, 1, FRACTION_DIGITS)), 0, 1)
-        zeros = _rep(_seq(_Lit("."), _rep(_Lit("0"), 1, FRACTION_DIGITS)), 0, 1)
+        fraction = rep(seq(Lit("."), rep(DIGIT, 1, FRACTION_DIGITS)), 0, 1)
+        zeros = rep(seq(Lit("."), rep(Lit("0"), 1, FRACTION_DIGITS)), 0, 1)
 
-        def magnitudes(smallest: int, largest: int | None) -> list[_Node]:
+        def magnitudes(smallest: int, largest: int | None) -> list[Node]:
             # Numbers i.f with smallest <= i, and i.f <= largest: i < largest, or i == largest
             # with f == 0; no upper limit but the digit cap when largest is None.
             if largest is None:
-                return [_seq(_alt(*_natural_range(smallest, max(_CAP, smallest))), fraction)]
+                return [seq(alt(*natural_range(smallest, max(CAP, smallest))), fraction)]
             out = []
             if smallest <= largest - 1:
-                out.append(_seq(_alt(*_natural_range(smallest, largest - 1)), fraction))
+                out.append(seq(alt(*natural_range(smallest, largest - 1)), fraction))
             if smallest <= largest:
-                out.append(_seq(_Lit(str(largest)), zeros))
+                out.append(seq(Lit(str(largest)), zeros))
             return out
 
-        options: list[_Node] = []
+        options: list[Node] = []
         if last is None or last >= 0:
             options += magnitudes(max(first or 0, 0), last)
         if first is None or first < 0:
             negative = magnitudes(
                 max(-last, 0) if last is not None else 0, None if first is None else -first
             )
-            options.append(_seq(_Lit("-"), _alt(*negative)))
-        return _alt(*options)
+            options.append(seq(Lit("-"), alt(*negative)))
+        return alt(*options)
 
-    def _boolean(self, schema: dict[str, Any], where: str, hint: str) -> _Node:
-        return _alt(_Lit("true"), _Lit("false"))
+    def _boolean(self, schema: dict[str, Any], where: str, hint: str) -> Node:
+        return alt(Lit("true"), Lit("false"))
 
-    def _null(self, schema: dict[str, Any], where: str, hint: str) -> _Node:
-        return _Lit("null")
+    def _null(self, schema: dict[str, Any], where: str, hint: str) -> Node:
+        return Lit("null")
 
 
 @functools.lru_cache(maxsize=256)
@@ -607,9 +393,9 @@ def _compiled(schema_json: str) -> tuple[str, str]:
         if name in order:
             continue
         order.append(name)
-        pending += _references(builder.rules[name])
-    grammar = "".join(f"{name} ::= {_gbnf(builder.rules[name])}\n" for name in order)
-    return grammar, _regex(root, builder.rules)
+        pending += references(builder.rules[name])
+    grammar = "".join(f"{name} ::= {gbnf(builder.rules[name])}\n" for name in order)
+    return grammar, regex(root, builder.rules)
 
 
 def _key(schema: dict[str, Any]) -> str:
@@ -646,60 +432,3 @@ def json_schema_regex(schema: dict[str, Any]) -> str:
         ValueError: As `json_schema_grammar`.
     """
     return _compiled(_key(schema))[1]
-
-
-def strict_json_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
-    """A copy of `schema` in the form hosted APIs require for strict structured outputs.
-
-    Every object gets `additionalProperties: false` and lists all its properties as required
-    (optional fields stay nullable through their `anyOf`), `default: null` is dropped, a
-    one-element `allOf` is inlined, and a `$ref` with sibling keywords is replaced by the
-    definition it points to, as strict mode does not allow siblings next to a `$ref`.
-
-    Returns:
-        The rewritten copy, or None when strict mode cannot express the schema: it has an
-        object without `properties` (a free-form dict), and strict objects allow no other keys.
-    """
-    defs = schema.get("$defs")
-    defs = defs if isinstance(defs, dict) else {}
-
-    def fix(node: Any) -> Any:
-        if not isinstance(node, dict):
-            return node
-        ref = node.get("$ref")
-        if isinstance(ref, str) and len(node) > 1 and ref.startswith("#/$defs/"):
-            target = defs.get(ref[len("#/$defs/") :])
-            if isinstance(target, dict):
-                node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        all_of = node.get("allOf")
-        if isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
-            return fix({**{k: v for k, v in node.items() if k != "allOf"}, **all_of[0]})
-        out = copy.deepcopy(node)
-        for key in ("properties", "$defs"):
-            if isinstance(node.get(key), dict):
-                out[key] = {name: fix(sub) for name, sub in node[key].items()}
-        for key in ("anyOf", "allOf", "oneOf", "prefixItems"):
-            if isinstance(node.get(key), list):
-                out[key] = [fix(sub) for sub in node[key]]
-        for key in ("items", "additionalProperties", "not"):
-            if isinstance(node.get(key), dict):
-                out[key] = fix(node[key])
-        if isinstance(out.get("properties"), dict):
-            out["required"] = list(out["properties"])
-        elif out.get("type") == "object":
-            raise _FreeForm
-        if out.get("type") == "object":
-            out["additionalProperties"] = False
-        if "default" in out and out["default"] is None:
-            del out["default"]
-        return out
-
-    try:
-        fixed: dict[str, Any] = fix(schema)
-    except _FreeForm:
-        return None
-    return fixed
-
-
-class _FreeForm(Exception):
-    """Raised inside `strict_json_schema` on an object that has no `properties`."""

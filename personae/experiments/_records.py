@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,12 +14,6 @@ from personae.agents._teaching import Item
 from personae.experiments._spec import TeachingScenario
 from personae.graphs._teaching import SeedShots
 from personae.store import episode_key
-
-
-def utc() -> str:
-    """UTC timestamp with milliseconds, as the turn log stores them."""
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
 def teaching_episode_id(scenario: str, kind: str, seed: int, index: int, **extra: Any) -> str:

@@ -20,44 +20,27 @@ budget from the per-item outcomes.
 from __future__ import annotations
 
 import dataclasses
-import math
-import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel
 
 from personae.agents import Item, Sampling, Student, Teacher, get_role
 from personae.backends import Backend, parse_spec
 from personae.errors import UserError
-from personae.experiments._interventions import budget_items, explained_at, get_intervention
-from personae.experiments._records import base_shots, split_pool, teaching_episode_id, utc
-from personae.experiments._scoring import (
-    MultiTurnRow,
-    StyleOutcomes,
-    score_curves,
-    score_multi_turn,
-)
+from personae.experiments._interventions import get_intervention
+from personae.experiments._records import base_shots, split_pool, teaching_episode_id
+from personae.experiments._scoring import MultiTurnRow, score_curves, score_multi_turn
+from personae.experiments._seeds import Arm, SeedState
 from personae.experiments._simulated import SimulatedStudentBackend
 from personae.experiments._spec import TeachingScenario, load_data, load_persona, parse_teaching
 from personae.graphs import Cast, get_graph
-from personae.graphs._teaching import (
-    Asked,
-    ItemRecord,
-    PassSteps,
-    SeedShots,
-    TeachingSettings,
-    TeachingSteps,
-)
+from personae.graphs._teaching import ItemRecord, PassSteps, TeachingSettings, TeachingSteps
 from personae.runner import EpisodeJob, Services, Study, register_study
 from personae.scenario import EpisodePlan
 from personae.store import TurnLogWriter
 
-Arm = tuple[str, str]
-Ranking = list[tuple[str, float]]
 OBSERVE, ASSESS, TEACH, PASS = 0, 1, 2, 3
 _KINDS = {OBSERVE: "observe", ASSESS: "assess", TEACH: "teach", PASS: "multi_turn"}
 
@@ -69,28 +52,6 @@ def multi_turn_passes(scenario: TeachingScenario) -> list[tuple[str, str, float]
         return []
     style = mt.explanations or scenario.explanations[0]
     return [(style, f, b) for f in mt.functions for b in mt.budgets]
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-@dataclass
-class SeedState:
-    """One seed's demonstrations, items, rankings and pass inputs, rebuilt from outcomes."""
-
-    seed: int
-    draw: dict[str, list[Item]]
-    shots: SeedShots
-    records: list[ItemRecord]
-    observations: list[ItemRecord]
-    rankings: dict[Arm, Ranking] = field(default_factory=dict)
-    positions: dict[Arm, dict[str, tuple[int, float]]] = field(default_factory=dict)
-    n_ranked: int = 0
-    #: teach stage: item id -> (styles to deliver, what the decide turn records)
-    decisions: dict[str, tuple[list[str], dict[str, Any]]] = field(default_factory=dict)
-    #: pass stage: pass index -> questions, and per item the outcome without any question
-    passes: dict[int, tuple[list[Asked], np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 class TeachingStudy(Study):
@@ -150,6 +111,7 @@ class TeachingStudy(Study):
                     ItemRecord(it, i, self.episode_id(OBSERVE, seed, i, it))
                     for i, it in enumerate(draw["observe"])
                 ],
+                assess_ids=[self.episode_id(ASSESS, seed, i, it) for i, it in enumerate(self.test)],
             )
         self._plans: list[EpisodePlan] | None = None
         #: episode id -> (kind, index: of the item in its list, or of the pass)
@@ -243,180 +205,31 @@ class TeachingStudy(Study):
         writer: TurnLogWriter | None,
         run_id: str = "",
     ) -> None:
+        teacher, mt = self.spec.teacher, self.spec.multi_turn
         for state in self.state.values():
-            if stage == ASSESS:
-                self._observed(state, outcomes)
-            elif stage == TEACH:
-                self._assessed(state, outcomes)
-                self._rank(state, hindsight=False)
+            if stage >= ASSESS:
+                state.observed(outcomes, mental_model_demos=teacher.mental_model_demos,
+                               explanation_demos=teacher.explanation_demos)  # fmt: skip
+            if stage >= TEACH:
+                state.assessed(outcomes)
+                state.rank(self.ranked_arms, hindsight=False)
+            if stage == TEACH:
                 for record in state.records:
-                    if record.assessed:
-                        rows, explain = self._decisions(
-                            state, record, hindsight=False, run_id=run_id
-                        )
-                        needed = explain | self.hindsight_styles
-                        styles = [s for s in self.styles if s in needed]
-                        state.decisions[record.item.id] = (
-                            styles,
-                            {"counterfactual": sorted(needed - explain)},
-                        )
-                        _write(writer, rows)
-            elif stage == PASS:
-                self._taught(state, outcomes)
-                self._rank(state, hindsight=True)
-                self._plan_passes(state)
-
-    def _observed(self, state: SeedState, outcomes: Mapping[str, Any]) -> None:
-        """Mental-model shots and personalized demos from the observation episodes."""
-        for r in state.observations:
-            fresh = ItemRecord(r.item, r.index, r.episode_id)
-            fresh.absorb(outcomes.get(r.episode_id))
-            state.observations[r.index] = fresh
-        seen = [r for r in state.observations if r.pre and r.post.get("unpersonalized")]
-        k = self.spec.teacher.mental_model_demos
-        alone, explained = [], []
-        for r in seen[:k]:
-            assert r.pre is not None
-            if r.pre.choice is not None:
-                alone.append(r.item.shot(answer=r.pre.choice))
-            post = r.post["unpersonalized"]
-            if post.choice is not None:
-                draft = r.drafts["unpersonalized"].text
-                explained.append(r.item.shot(answer=post.choice, explanation=draft))
-        state.shots.observed = alone + explained
-
-        def gain(r: ItemRecord) -> float:
-            assert r.pre is not None
-            g = r.item.answer
-            return r.post["unpersonalized"].p(g) - r.pre.p(g)
-
-        helpful = sorted(seen, key=lambda r: (-gain(r), r.index))
-        personal = [
-            r.item.shot(
-                answer=r.drafts["unpersonalized"].target,
-                explanation=r.drafts["unpersonalized"].rationale or r.item.explanation,
-            )
-            for r in helpful[: self.spec.teacher.explanation_demos]
-        ]
-        if personal:
-            state.shots.explain["personalized"] = personal
-
-    def _assessed(self, state: SeedState, outcomes: Mapping[str, Any]) -> None:
-        self._observed(state, outcomes)
-        for i, r in enumerate(state.records):
-            fresh = ItemRecord(r.item, r.index, r.episode_id)
-            assess_id = self.episode_id(ASSESS, state.seed, i, r.item)
-            if assess_id in outcomes:
-                fresh.absorb(outcomes[assess_id])
-            else:
-                fresh.error = "the assessment episode did not complete"
-            state.records[i] = fresh
-
-    def _taught(self, state: SeedState, outcomes: Mapping[str, Any]) -> None:
-        self._assessed(state, outcomes)
-        self._rank(state, hindsight=False)
-        for r in state.records:
-            if not r.assessed:
-                continue
-            if r.episode_id in outcomes:
-                r.absorb(outcomes[r.episode_id])
-            else:
-                r.error = "the teaching episode did not complete"
-
-    def _rank(self, state: SeedState, *, hindsight: bool) -> None:
-        assessed = [r for r in state.records if r.assessed]
-        if not hindsight:
-            state.n_ranked = len(assessed)
-        for style, function in self.ranked_arms:
-            intervention = get_intervention(function)
-            if intervention.needs_student_post != hindsight:
-                continue
-            estimates = [_estimate(r, style) for r in assessed]
-            rng = random.Random(f"{state.seed}|{style}|{function}")
-            ranking = intervention.rank(estimates, rng)
-            state.rankings[(style, function)] = ranking
-            state.positions[(style, function)] = {
-                item: (i, score) for i, (item, score) in enumerate(ranking)
-            }
-
-    def _decisions(
-        self, state: SeedState, record: ItemRecord, *, hindsight: bool, run_id: str
-    ) -> tuple[list[dict[str, Any]], set[str]]:
-        """The `interventions` rows of `record` and the styles some decision explains."""
-        rows: list[dict[str, Any]] = []
-        explain: set[str] = set()
-        n = state.n_ranked
-        for style, function, budget in self.grid:
-            if get_intervention(function).needs_student_post != hindsight:
-                continue
-            ranking = state.rankings[(style, function)]
-            position = state.positions[(style, function)].get(record.item.id)
-            rank, score = position if position is not None else (None, None)
-            k = budget_items(n, budget)
-            decided = rank is not None and rank < k
-            used = (min(rank, k) + int(decided)) if rank is not None else min(len(ranking), k)
-            if decided:
-                explain.add(style)
-            estimate = _estimate(record, style)
-            rows.append(
-                {
-                    "decision_id": "|".join(
-                        (record.episode_id, style, function, str(budget), str(int(hindsight)))
-                    ),
-                    "run_id": run_id,
-                    "episode_id": record.episode_id,
-                    "item_id": record.item.id,
-                    "seed": state.seed,
-                    "explanation": style,
-                    "function": function,
-                    "budget": budget,
-                    "n_items": n,
-                    "budget_items": k,
-                    "rank": rank,
-                    "score": score,
-                    "decided": int(decided),
-                    "budget_used": used,
-                    "c_pre": _finite(estimate.c_pre),
-                    "c_post": _finite(estimate.c_post),
-                    "utility": _finite(estimate.utility),
-                    "teacher_confidence": estimate.teacher_confidence,
-                    "student_confidence": estimate.student_confidence,
-                    "hindsight": int(hindsight),
-                    "created_at": utc(),
-                }
-            )
-        return rows, explain
-
-    def explained(self, state: SeedState, style: str, function: str, budget: float) -> set[str]:
-        """Items explained by `function` at `budget` with `style` explanations."""
-        return explained_at(state.rankings[(style, function)], state.n_ranked, budget)
-
-    def _plan_passes(self, state: SeedState) -> None:
-        mt = self.spec.multi_turn
-        if mt is None:
-            return
-        n = len(state.records)
-        for j, (style, function, budget) in enumerate(multi_turn_passes(self.spec)):
-            explained = self.explained(state, style, function, budget)
-            with_demos, alone = np.full(n, np.nan), np.full(n, np.nan)
-            asked: list[Asked] = []
-            for i, record in enumerate(state.records):
-                if not record.assessed or record.item.id in explained or style not in record.drafts:
-                    continue
-                assert record.pre is not None
-                alone[i] = float(record.pre.correct(record.item.answer))
-                prior = [
-                    r for r in state.records[:i] if r.item.id in explained and style in r.drafts
-                ][-mt.demos :]
-                if not prior:
-                    with_demos[i] = alone[i]
-                    continue
-                shots = tuple(
-                    r.item.shot(answer=r.drafts[style].target, explanation=r.drafts[style].text)
-                    for r in prior
-                )
-                asked.append(Asked(i, record.item, shots, tuple(r.item.id for r in prior)))
-            state.passes[j] = (asked, with_demos, alone)
+                    if not record.assessed:
+                        continue
+                    rows, explain = state.decisions_for(record, self.grid, hindsight=False,
+                                                        run_id=run_id)  # fmt: skip
+                    needed = explain | self.hindsight_styles
+                    styles = [s for s in self.styles if s in needed]
+                    state.decisions[record.item.id] = (
+                        styles, {"counterfactual": sorted(needed - explain)}
+                    )  # fmt: skip
+                    _write(writer, rows)
+            if stage >= PASS:
+                state.taught(outcomes)
+                state.rank(self.ranked_arms, hindsight=True)
+                if mt is not None:
+                    state.plan_passes(multi_turn_passes(self.spec), mt.demos)
 
     # -- episodes ------------------------------------------------------------------------------
     def _agents(self, backends: Mapping[str, Backend]) -> dict[str, Any]:
@@ -497,22 +310,6 @@ class TeachingStudy(Study):
         return kind, next(i for i, it in enumerate(items) if it.id == condition["item"])
 
     # -- results -------------------------------------------------------------------------------
-    def outcomes_of(self, state: SeedState, style: str) -> StyleOutcomes:
-        """Per-item outcomes of one seed for `style` (failed items NaN)."""
-        n = len(state.records)
-        pre_c, pre_p = np.full(n, np.nan), np.full(n, np.nan)
-        post_c, post_p = np.full(n, np.nan), np.full(n, np.nan)
-        for i, r in enumerate(state.records):
-            if r.error is not None or r.pre is None:
-                continue
-            gold = r.item.answer
-            pre_c[i], pre_p[i] = float(r.pre.correct(gold)), r.pre.p(gold)
-            post = r.post.get(style)
-            if post is not None:
-                post_c[i], post_p[i] = float(post.correct(gold)), post.p(gold)
-        ids = tuple(r.item.id for r in state.records)
-        return StyleOutcomes(ids, pre_c, pre_p, post_c, post_p, state.n_ranked)
-
     async def finish(
         self, outcomes: Mapping[str, Any], writer: TurnLogWriter | None = None, run_id: str = ""
     ) -> dict[str, Any]:
@@ -520,65 +317,38 @@ class TeachingStudy(Study):
         outcomes (and keep the result in `result`)."""
         from personae.experiments._runner import TeachingResult
 
-        for stage in (ASSESS, TEACH, PASS):
-            await self.prepare(stage, outcomes, None)
+        await self.prepare(PASS, outcomes, None)
         for state in self.state.values():
             for record in state.records:
                 if record.assessed:
-                    _write(writer, self._decisions(state, record, hindsight=True, run_id=run_id)[0])
+                    hindsight = state.decisions_for(
+                        record, self.grid, hindsight=True, run_id=run_id
+                    )
+                    _write(writer, hindsight[0])
         spec, boot = self.spec, self.spec.bootstrap
-        outcome = {
-            s: {st: self.outcomes_of(state, st) for st in self.styles}
-            for s, state in self.state.items()
+        per_seed = {
+            s: {st: state.outcomes(st) for st in self.styles} for s, state in self.state.items()
         }
         rankings = {s: dict(state.rankings) for s, state in self.state.items()}
-        curves = score_curves(
-            outcome,
-            rankings,
-            self.arms,
-            spec.budgets,
-            resamples=boot.resamples,
-            confidence=boot.confidence,
-        )
+        curves = score_curves(per_seed, rankings, self.arms, spec.budgets,
+                              resamples=boot.resamples, confidence=boot.confidence)  # fmt: skip
         rows: list[MultiTurnRow] = []
-        passes = multi_turn_passes(spec)
-        for j, (style, function, budget) in enumerate(passes):
-            with_demos, alone = [], []
-            for state in self.state.values():
-                asked, base, solo = state.passes[j]
-                pass_id = self.episode_id(
-                    PASS, state.seed, j, style=style, function=function, budget=budget
-                )
-                values = base.copy()
-                found = outcomes.get(pass_id)
-                if found is None:
-                    values[:] = np.nan
-                else:
-                    for a in asked:
-                        values[a.index] = float(found["asked"][a.item.id])
-                with_demos.append(values)
-                alone.append(solo)
-            rows.append(
-                score_multi_turn(
-                    with_demos,
-                    alone,
-                    style=style,
-                    function=function,
-                    budget=budget,
-                    resamples=boot.resamples,
-                    confidence=boot.confidence,
-                )
-            )
-        failed = sum(
-            1 for state in self.state.values() for r in state.records if r.error is not None
-        )
+        for j, (style, function, budget) in enumerate(multi_turn_passes(spec)):
+            ids = {s: self.episode_id(PASS, s, j, style=style, function=function, budget=budget)
+                   for s in self.state}  # fmt: skip
+            with_demos = [st.pass_outcome(j, outcomes.get(ids[s])) for s, st in self.state.items()]
+            alone = [st.passes[j][2] for st in self.state.values()]
+            rows.append(score_multi_turn(with_demos, alone, style=style, function=function,
+                                         budget=budget, resamples=boot.resamples,
+                                         confidence=boot.confidence))  # fmt: skip
+        failed = sum(r.error is not None for state in self.state.values() for r in state.records)
         self.result = TeachingResult(
             run_id="",
             db_path=Path(),
             scenario=spec.name,
             curves=curves,
             multi_turn=rows,
-            outcomes=outcome,
+            outcomes=per_seed,
             rankings=rankings,
             n_items=len(self.test),
             failed_items=failed,
@@ -594,25 +364,6 @@ def _write(writer: TurnLogWriter | None, rows: Sequence[dict[str, Any]]) -> None
     if writer is not None:
         for row in rows:
             writer.upsert("interventions", row)
-
-
-def _estimate(record: ItemRecord, style: str) -> Any:
-    from personae.experiments._interventions import ItemEstimate
-
-    assert record.pre is not None and record.teacher is not None
-    gold = record.item.answer
-    post = record.post.get(style)
-    return ItemEstimate(
-        item_id=record.item.id,
-        index=record.index,
-        teacher_confidence=record.teacher.p(gold),
-        student_confidence=record.pre.confidence,
-        student_p_gold=record.pre.p(gold),
-        student_correct=record.pre.correct(gold),
-        c_pre=record.c_pre,
-        c_post=record.c_post.get(style, math.nan),
-        student_post_p_gold=post.p(gold) if post is not None else None,
-    )
 
 
 @register_study("teaching")
