@@ -42,7 +42,6 @@ from collections.abc import Callable
 from typing import Any
 
 from personae.backends._grammar import (
-    DEFAULT_MAX_DIGITS,
     BLOCK,
     CAP,
     CHAR,
@@ -60,6 +59,7 @@ from personae.backends._grammar import (
     rep,
     seq,
 )
+from personae.backends._grammar import DEFAULT_MAX_DIGITS as DEFAULT_MAX_DIGITS
 
 #: Characters allowed in a string that has no `maxLength`.
 DEFAULT_MAX_STRING_LENGTH = 500
