@@ -425,13 +425,15 @@ def test_the_first_speaker_may_follow_the_last_seed_line(
          "graph.policy.order[2]", "'cal' speak after 'ben'"),
         ({"policy": {"kind": "scripted", "order": ["ann", "zed"]}}, "graph.policy.order[1]",
          "'zed'"),
+        ({"policy": {"kind": "scripted", "order": ["ann"]}}, "graph.policy.order[0]",
+         "'ann' speak after 'ann'"),
         ({"topology": "wheel"}, "graph.topology", ""),
         ({"policy": "round_robbin"}, "graph.policy.kind", "did you mean 'round_robin'"),
         ({"policy": {"kind": "respond", "p": 1.5}}, "graph.policy", "p"),
         ({"policy": {"kind": "selector", "agent": "zed"}}, "graph.policy.agent", "'zed'"),
     ],
     ids=["edge-unknown", "hub-unknown", "unreachable", "dead-end", "self-loop",
-         "order-forbidden", "order-unknown", "bad-shape", "policy-typo", "bad-p",
+         "order-forbidden", "order-unknown", "order-of-one", "bad-shape", "policy-typo", "bad-p",
          "selector-unknown"],
 )  # fmt: skip
 def test_bad_topology_or_policy_is_one_line_naming_the_key(
