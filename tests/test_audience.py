@@ -223,3 +223,26 @@ def test_a_fork_keeps_the_audiences_and_its_continuation_hides_private_lines(
         if record["episode_id"] == fork_id:
             text = json.dumps(record["messages"])
             assert not any(t.text in text for t in fork if not _hears(t, record["agent"]))
+
+
+@pytest.mark.parametrize("render", ["transcript", "chat"])
+def test_the_selector_reads_only_public_lines(
+    write_scenario: WriteScenario, tmp_path: Path, render: str
+) -> None:
+    """A `selector` picking speakers in the negotiation is shown the public conversation only:
+    no whisper, private seed line or coach's hint is in its prompt, whichever agent's model
+    it runs on (here the buyer's, who hears some of them)."""
+    data = _scenario(render)
+    data["graph"].pop("topology")
+    data["graph"]["policy"] = {"kind": "selector", "agent": "buyer"}
+    db = tmp_path / "selector.db"
+    assert personae.run(write_scenario(data), db=db).failed == 0
+    checked = 0
+    for episode_id, turns in episodes(db).items():
+        for call in (c for c in calls(db, episode_id) if c["purpose"] == "select"):
+            shown = rendered(call)
+            assert call["agent"] == "buyer"
+            for turn in (t for t in turns if t.idx < call["turn_idx"] and t.kind != "pass"):
+                assert (turn.text in shown) == (turn.audience is None), call["call_id"]
+                checked += turn.audience is not None
+    assert checked > 20
