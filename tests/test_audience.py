@@ -1,5 +1,5 @@
 """Private channels end to end: a line with an audience reaches only that audience — in every
-rendered prompt (transcript and chat), in the sft export, in `show --as`, in a verified replay
+rendered prompt (transcript and chat), in the sft and dpo exports, in `show --as`, in a replay
 and in a fork's continuation — while its recipients do get it.
 
 The scenario is the shipped negotiation (a buyer and a seller, each with an advisor whose lines
@@ -9,6 +9,7 @@ alone; every model line is a distinctive marker, so a leak shows as a substring.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import personae
 from personae import RunLog
 from personae.backends import ScriptedBackend, register_backend
 from personae.cli import app
+from personae.export import dpo_pairs
+from personae.judges import JudgeAgent, register_judge
 from personae.store import Turn
 
 WriteScenario = Callable[..., Path]
@@ -35,6 +38,25 @@ COACH_CODES = ["Coach hint hold firm", "Coach hint walk away"]
 def _markers(target: str | None, options: dict[str, Any]) -> ScriptedBackend:
     """Every line is a marker naming its episode, agent and turn."""
     return ScriptedBackend(line_text)
+
+
+@register_backend("tests-audience-temperature")
+def _temperature_markers(target: str | None, options: dict[str, Any]) -> ScriptedBackend:
+    """Markers that also name the temperature the line was sampled at."""
+    return ScriptedBackend(lambda r: f"{line_text(r)} Sampled at temperature {r.temperature}.")
+
+
+@register_judge("tests-audience-rater")
+class TemperatureRater(JudgeAgent):
+    """A judge with no model: a line scores ten times the temperature it names."""
+
+    def evaluate(self, history: Any, target: Any) -> dict[str, Any] | None:
+        found = re.search(r"temperature ([0-9.]+[0-9])", target.text if target else "")
+        return (
+            {"rationale": "read off the line", "firmness": round(10 * float(found[1]))}
+            if found
+            else None
+        )
 
 
 def _scenario(render: str) -> dict[str, Any]:
@@ -246,3 +268,39 @@ def test_the_selector_reads_only_public_lines(
                 assert (turn.text in shown) == (turn.audience is None), call["call_id"]
                 checked += turn.audience is not None
     assert checked > 20
+
+
+def test_dpo_prompt_holds_only_what_the_rated_agent_heard(
+    write_scenario: WriteScenario, tmp_path: Path
+) -> None:
+    """`dpo`: sibling forks of a seller turn, ranked by a judge, give pairs whose prompt is the
+    seller's own view — its advisor's whispers in, the buyer's whispers, private seed line and
+    coach's hints out."""
+    data = _scenario("chat")
+    data.update(backend="tests-audience-temperature", repeats=1)
+    data["agents"]["rater"] = {
+        "role": "tests-audience-rater",
+        "observes": ["seller"],
+        "persona": {"rubric": {"id": "firm", "dimensions": [{"name": "firmness",
+                                                              "scale": [0, 20]}]}},
+    }  # fmt: skip
+    db = tmp_path / "dpo.db"
+    assert personae.run(write_scenario(data), db=db).failed == 0
+    ((parent_id, turns),) = episodes(db).items()
+    k = [t.idx for t in turns if t.agent == "seller"][1]
+    fork = ["replay", str(db), parent_id, "--fork-at", str(k)]
+    for temperature in ("0.2", "1.5"):
+        setting = f"seller.sampling.temperature={temperature}"
+        result = runner.invoke(app, [*fork, "--set", setting])
+        assert result.exit_code == 0, result.output
+    export = dpo_pairs(db, "persona")
+    assert (export.groups, export.unscored, len(export.pairs)) == (1, 0, 3)
+    assert export.pairs[0]["score_chosen"] == 15.0
+    prompts = {json.dumps(pair["prompt"]) for pair in export.pairs}
+    assert len(prompts) == 1
+    prompt = prompts.pop()
+    heard = [t for t in turns if t.idx < k and _hears(t, "seller")]
+    assert all(t.text in prompt for t in heard if t.agent != "seller")
+    assert all(t.text not in prompt for t in turns if not _hears(t, "seller"))
+    assert any(t.agent == "seller_advisor" for t in heard)
+    assert SEED_SECRET not in prompt and not any(c in prompt for c in COACH_CODES)
