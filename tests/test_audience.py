@@ -304,3 +304,20 @@ def test_dpo_prompt_holds_only_what_the_rated_agent_heard(
     assert all(t.text not in prompt for t in turns if not _hears(t, "seller"))
     assert any(t.agent == "seller_advisor" for t in heard)
     assert SEED_SECRET not in prompt and not any(c in prompt for c in COACH_CODES)
+
+
+def test_a_seed_line_without_an_audience_is_heard_as_its_speaker_is(
+    write_scenario: WriteScenario, tmp_path: Path
+) -> None:
+    """A seed line that names no audience gets its speaker's: the seller's advisor's opening
+    whisper stays between her and the seller, so the buyer's side never hears it."""
+    data = _scenario("transcript")
+    whisper = "Do not go below two hundred and seventy."
+    data["graph"]["seed_lines"] = [{"agent": "seller_advisor", "text": whisper}]
+    db = tmp_path / "seed.db"
+    assert personae.run(write_scenario(data), db=db).failed == 0
+    for episode_id, turns in episodes(db).items():
+        assert (turns[0].kind, turns[0].audience) == ("seed", ("seller",))
+        for call in calls(db, episode_id):
+            heard = call["agent"] in ("seller", "seller_advisor")
+            assert (whisper in rendered(call)) == heard, call["call_id"]
