@@ -17,6 +17,7 @@ from group_helpers import NAMES, calls, episodes, group_scenario, line_text, ren
 import personae
 from personae.backends import Backend, GenerationRequest, GenerationResult, ScriptedBackend
 from personae.errors import UserError
+from personae.replay import verify_run
 from personae.scenario import load_scenario
 from personae.store import Turn
 
@@ -500,6 +501,7 @@ def test_window_keeps_only_the_last_lines_the_agent_may_see(
         assert shown == {t.idx for t in expected}, (call["agent"], call["turn_idx"])
         checked += call["agent"] == "cal"
     assert checked == 3
+    assert verify_run(db)[0].identical  # windowed prompts re-render exactly
 
 
 def test_seed_lines_are_logged_without_a_call_and_not_counted(
@@ -590,6 +592,7 @@ def test_everyone_passing_in_a_row_ends_the_episode(
     for turns in episodes(db).values():
         assert [t.kind for t in turns] == ["pass"] * 4
     assert {r["end_reason"] for r in db_rows(db, "SELECT end_reason FROM episodes")} == {"passes"}
+    assert [r.identical for r in verify_run(db)] == [True] * 3  # the end reason replays too
 
     data["graph"]["max_passes_in_a_row"] = 2
     db = tmp_path / "two.db"
