@@ -253,6 +253,8 @@ def _transcript(log: object, episode: str, hidden: bool, view: str | None = None
         who = f"[bold {colour}]{escape(turn.agent)}[/]"
         if turn.kind == "pass":
             out.print(f"[dim]{who} passes[/]")
+            if hidden and turn.decision:  # the policy chose the agent that abstained
+                out.print(f"  [dim]turn policy: {escape(json.dumps(turn.decision))}[/]")
             continue
         tag = {"seed": " [dim](seed)[/]", "feedback": " [dim](judge's feedback)[/]"}.get(
             turn.kind, ""

@@ -17,7 +17,9 @@ class SeedLine(BaseModel):
 
     agent: str = Field(description="Who says it.")
     text: str = Field(min_length=1)
-    audience: list[str] | None = Field(None, description="Who hears it (default: everyone).")
+    audience: list[str] | None = Field(
+        None, description="Who hears it (default: whoever hears its agent's lines)."
+    )
 
 
 class ConversationOptions(GraphOptions):

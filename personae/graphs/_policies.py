@@ -236,7 +236,8 @@ class Scripted(TurnPolicy):
                 )
         for i, name in enumerate(order):
             nxt = order[(i + 1) % len(order)]
-            if len(order) > 1 and not self.topology.has_edge(name, nxt):
+            # a one-name order is checked too: it cycles onto itself, and no one follows itself
+            if not self.topology.has_edge(name, nxt):
                 raise UserError(
                     f"the topology does not let {nxt!r} speak after {name!r}",
                     where=f"{self.where}.order[{(i + 1) % len(order)}]",
