@@ -65,6 +65,8 @@ def _scenario(render: str) -> dict[str, Any]:
     data["graph"]["seed_lines"] = [
         {"agent": "buyer_advisor", "text": SEED_SECRET, "audience": ["buyer"]},
     ]
+    # the advisor's seed line opens, so the order starts with the one who may follow it
+    data["graph"]["policy"]["order"] = ["buyer", "seller_advisor", "seller", "buyer_advisor"]
     data["agents"]["coach"] = {
         "role": "judge",
         "observes": ["buyer"],
@@ -127,7 +129,7 @@ def test_private_lines_reach_only_their_audience_in_every_prompt(
             ("coach", ("buyer",)),
         }
         kinds |= {t.kind for t in private}
-        assert _check_prompts(db, episode_id, turns) > 50
+        assert _check_prompts(db, episode_id, turns) > 40
         buyer_prompts = [rendered(c) for c in calls(db, episode_id) if c["agent"] == "buyer"]
         assert all("Maya's Friend (privately): " in p for p in buyer_prompts)
         assert any(f"Coach (privately): {COACH_CODES[0]}" in p for p in buyer_prompts)
@@ -236,7 +238,7 @@ def test_a_fork_keeps_the_audiences_and_its_continuation_hides_private_lines(
     assert any(t.audience is not None for t in continued)
     new_calls = [c for c in calls(db, fork_id) if c["turn_idx"] >= k]
     assert {c["agent"] for c in new_calls} >= {"buyer", "seller", "coach"}
-    assert _check_prompts(db, fork_id, fork) > 50
+    assert _check_prompts(db, fork_id, fork) > 40
 
     verified = runner.invoke(app, ["replay", str(db), fork_id, "--verify"])
     assert verified.exit_code == 0, verified.output
@@ -314,6 +316,7 @@ def test_a_seed_line_without_an_audience_is_heard_as_its_speaker_is(
     data = _scenario("transcript")
     whisper = "Do not go below two hundred and seventy."
     data["graph"]["seed_lines"] = [{"agent": "seller_advisor", "text": whisper}]
+    data["graph"]["policy"]["order"] = ["seller", "buyer_advisor", "buyer", "seller_advisor"]
     db = tmp_path / "seed.db"
     assert personae.run(write_scenario(data), db=db).failed == 0
     for episode_id, turns in episodes(db).items():

@@ -388,13 +388,7 @@ def test_no_line_follows_a_speaker_it_may_not_follow(
     assert len(seen) == len(edges)  # every allowed reply happened: no path was left out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a seed line's speaker is ignored by the topology and the policies: the first "
-    "chosen speaker may be the agent who said the last seed line (here the star's hub "
-    "speaks twice in a row), breaking 'no self-loops'",
-)
-def test_the_first_speaker_may_follow_the_last_seed_line(
+def test_the_first_speaker_follows_the_last_seed_line_by_the_topology(
     write_scenario: WriteScenario, tmp_path: Path
 ) -> None:
     """As in neighbourhood_meeting: the hub opens with a seed line; the star says only a leaf
@@ -450,13 +444,6 @@ def test_bad_topology_or_policy_is_one_line_naming_the_key(
     assert what in line, line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the topology is an undiscriminated union: pydantic reports the first member's "
-    "errors, so an edge list with a bad edge is blamed on StarSpec ('unknown key "
-    "graph.topology.StarSpec.edges — remove it') and a bad name on "
-    "'graph.topology.literal[...]'",
-)
 @pytest.mark.parametrize(
     "topology", ["wheel", {"edges": [["ann"]]}, {"edges": []}], ids=["name", "short-edge", "none"]
 )

@@ -29,7 +29,7 @@ from personae.graphs._conversation import (
 from personae.graphs._episode import Episode
 from personae.graphs._policies import POLICIES, TurnContext, TurnPolicy
 from personae.graphs._registry import GraphKind, register_graph
-from personae.graphs._topology import TopologySpec, build_topology
+from personae.graphs._topology import TopologySpec, build_topology, parse_topology
 from personae.seeds import derive_seed
 from personae.validation import validation_error
 
@@ -63,6 +63,11 @@ class GroupOptions(ConversationOptions):
     def _policy_shorthand(cls, value: Any) -> Any:
         return {"kind": value} if isinstance(value, str) else value
 
+    @field_validator("topology", mode="before")
+    @classmethod
+    def _topology_shape(cls, value: Any) -> Any:
+        return parse_topology(value)
+
 
 @register_graph("group")
 class Group(GraphKind):
@@ -88,6 +93,16 @@ class Group(GraphKind):
         self.policy = make_policy(
             self.opts.policy, speakers, self.topology, self.cast.where("policy")
         )
+        order = getattr(self.policy.options, "order", None)
+        if order and self.opts.seed_lines:
+            last = self.opts.seed_lines[-1].agent
+            if not self.topology.has_edge(last, order[0]):
+                raise UserError(
+                    f"the scripted order starts with {order[0]!r}, who may not speak right "
+                    f"after the last seed line (by {last!r})",
+                    where=self.cast.where("policy.order[0]"),
+                    fix="start the order with another agent, or change the seed lines",
+                )
 
     def build(self) -> CompiledStateGraph[Any, Any, Any, Any]:
         return build_group_graph(self.cast.speakers, self.opts, self.policy)
@@ -128,11 +143,14 @@ def build_group_graph(
         previous = [
             u.agent for u in episode.history if u.kind in ("line", "pass") and u.agent in speakers
         ]
-        last = previous[-1] if previous else None
+        # the topology follows whoever spoke last, a seed line's speaker included
+        spoken = [u.agent for u in episode.history if u.kind != "feedback" and u.agent in speakers]
+        last = spoken[-1] if spoken else None
         candidates = tuple(n for n in speakers if topology.has_edge(last, n)) if last else speakers
         turn = episode.next_turn
         rng_seed = derive_seed(episode.run_seed, episode.lineage, turn, "turn-policy")
-        ctx = TurnContext(speakers, candidates, previous, turn, random.Random(rng_seed), episode)
+        rng = random.Random(rng_seed)
+        ctx = TurnContext(speakers, candidates, previous, turn, rng, episode, last)
         decision = await policy.choose(ctx)
         if decision.speaker not in candidates:
             raise RuntimeError(

@@ -74,6 +74,7 @@ class TurnContext:
         turn: The index of the turn being decided.
         rng: Random numbers for this decision only.
         episode: The running episode (for policies that call a model).
+        last_speaker: Whoever spoke last, seed lines included (None: nobody yet).
     """
 
     speakers: tuple[str, ...]
@@ -82,10 +83,13 @@ class TurnContext:
     turn: int
     rng: random.Random
     episode: Episode
+    last_speaker: str | None = None
 
     @property
     def last(self) -> str | None:
-        """The last speaker, if any."""
+        """Whoever spoke last, a seed line's speaker included."""
+        if self.last_speaker is not None:
+            return self.last_speaker
         return self.previous[-1] if self.previous else None
 
     def others(self) -> tuple[str, ...]:
@@ -158,11 +162,10 @@ class RoundRobin(TurnPolicy):
 
     async def choose(self, ctx: TurnContext) -> Decision:
         assert isinstance(self.options, RoundRobinOptions)
+        if not ctx.previous and self.options.random_start:
+            pick, draw = _uniform(ctx, ctx.others())
+            return self.decision(ctx, pick, "random_start", draw=draw)
         if ctx.last is None:
-            if self.options.random_start:
-                draw = ctx.rng.random()
-                pick = ctx.candidates[int(draw * len(ctx.candidates))]
-                return self.decision(ctx, pick, "random_start", draw=draw)
             return self.decision(ctx, ctx.candidates[0], "first")
         start = self.speakers.index(ctx.last)
         for step in range(1, len(self.speakers) + 1):

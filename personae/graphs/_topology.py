@@ -38,6 +38,33 @@ class EdgesSpec(_Strict):
 
 TopologySpec = Literal["complete", "ring", "star"] | StarSpec | EdgesSpec
 
+_SHAPES = "complete, ring, star, {star: AGENT} or {edges: [[FROM, TO], ...]}"
+
+
+def parse_topology(value: Any) -> TopologySpec | None:
+    """A topology as written in a scenario, in one of its shapes (`ValueError` naming the
+    shapes when it is none of them, so the error points at `graph.topology`)."""
+    if value is None or isinstance(value, StarSpec | EdgesSpec):
+        return value
+    if isinstance(value, str):
+        if value in ("complete", "ring", "star"):
+            return value  # type: ignore[return-value]
+        raise ValueError(f"unknown topology {value!r}: use {_SHAPES}")
+    if isinstance(value, dict) and set(value) == {"star"} and isinstance(value["star"], str):
+        return StarSpec(star=value["star"])
+    if isinstance(value, dict) and set(value) == {"edges"}:
+        edges = value["edges"]
+        if not isinstance(edges, list) or not edges:
+            raise ValueError("edges must be a non-empty list of [FROM, TO] pairs")
+        for i, edge in enumerate(edges):
+            if not (isinstance(edge, list | tuple) and len(edge) == 2
+                    and all(isinstance(n, str) for n in edge)):  # fmt: skip
+                raise ValueError(
+                    f"edges[{i}] must be a pair of agent names [FROM, TO], got {edge!r}"
+                )
+        return EdgesSpec(edges=[(str(a), str(b)) for a, b in edges])
+    raise ValueError(f"a topology is {_SHAPES}, got {value!r}")
+
 
 def build_topology(spec: TopologySpec | None, speakers: Sequence[str], where: str) -> nx.DiGraph:
     """The topology over `speakers` (complete when `spec` is None).
