@@ -46,6 +46,8 @@ class Decision:
         rule: Which of its rules decided (e.g. `reply` or `uniform` for `respond`).
         candidates: Whom it could choose from.
         draw: The random number the rule used, if any.
+        pick: A second draw that picked among several candidates, if any (e.g. `respond`'s
+            uniform choice after its reply draw failed).
         call_id: The model call that chose (the `selector`), if any.
     """
 
@@ -54,6 +56,7 @@ class Decision:
     rule: str
     candidates: tuple[str, ...]
     draw: float | None = None
+    pick: float | None = None
     call_id: str | None = None
 
     def json(self) -> dict[str, Any]:
@@ -209,8 +212,8 @@ class Respond(TurnPolicy):
             draw = ctx.rng.random()
             if draw < self.options.p and before_last in ctx.others() and before_last != ctx.last:
                 return self.decision(ctx, before_last, "reply", draw=draw)
-            pick, _ = _uniform(ctx, ctx.others())
-            return self.decision(ctx, pick, "uniform", draw=draw)
+            choice, second = _uniform(ctx, ctx.others())
+            return self.decision(ctx, choice, "uniform", draw=draw, pick=second)
         pick, draw = _uniform(ctx, ctx.others())
         return self.decision(ctx, pick, "opening" if not ctx.previous else "second", draw=draw)
 
