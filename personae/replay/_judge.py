@@ -131,10 +131,11 @@ async def ajudge_database(
         episodes = select_episodes(log, chosen or EpisodeFilter())
         histories = {e["episode_id"]: log.turns(e["episode_id"]) for e in episodes}
         labels = _labels(log, {e["run_id"] for e in episodes})
+    observes = spec.judge.observes
+    _check_observed(observes, histories, judge)
     engine = create_backend(backend or spec.backend, {} if backend else spec.backend_options)
     cls = get_judge(spec.judge.role)
     persona = cls.persona_model.model_validate(spec.judge.persona)
-    observes = spec.judge.observes
     _forget(path, spec.name, list(histories))
     await engine.start()
     made: list[tuple[bool, float | None]] = []
@@ -178,6 +179,26 @@ async def ajudge_database(
         invalid=sum(not ok for ok, _ in made),
         mean_score=sum(scores) / len(scores) if scores else None,
     )
+
+
+def _check_observed(
+    observes: Sequence[str] | str | None,
+    histories: dict[str, list[Turn]],
+    judge: str | Path | JudgeSpec,
+) -> None:
+    """Raise `UserError` when the judge watches an agent who speaks in none of the episodes
+    (a typo would otherwise judge nothing and say "0 judgments")."""
+    if observes == "all" or not histories:
+        return
+    present = {t.agent for turns in histories.values() for t in turns}
+    for name in observes or ():
+        if name not in present:
+            source = "" if isinstance(judge, JudgeSpec) else f"{judge}: "
+            raise UserError(
+                f"the judge observes {name!r}, who speaks in none of the chosen episodes",
+                where=f"{source}judge.observes",
+                fix=f"agents here: {', '.join(sorted(present))}",
+            )
 
 
 def _forget(path: Path, judge: str, episode_ids: Sequence[str]) -> None:
