@@ -23,7 +23,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -35,6 +35,7 @@ from personae.graphs import Episode, Observer
 from personae.judges import JudgeAgent, Judgment, get_judge
 from personae.plugins import load_imports
 from personae.scenario import AgentSpec, _read_yaml
+from personae.seeds import Seed
 from personae.store import RunLog, Turn, TurnLogWriter, open_database
 from personae.validation import validate_persona, validation_error
 
@@ -52,8 +53,8 @@ class JudgeSpec(BaseModel):
     imports: list[str] = Field(default_factory=list)
     backend: str = "embedded"
     backend_options: dict[str, Any] = Field(default_factory=dict)
-    render: str | None = None
-    seed: int = 0
+    render: Literal["transcript", "chat"] | None = None
+    seed: Seed = 0
     judge: AgentSpec
 
 
@@ -150,7 +151,7 @@ async def ajudge_database(
                             spec.name,
                             persona,
                             sampling=spec.judge.sampling,
-                            render_mode=spec.render or engine.render_mode,  # type: ignore[arg-type]
+                            render_mode=spec.render or engine.render_mode,
                             label=spec.judge.label,
                             window=spec.judge.window,
                         )
