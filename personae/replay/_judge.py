@@ -100,6 +100,10 @@ def load_judge_spec(path: str | Path) -> JudgeSpec:
     if not spec.judge.observes:
         raise UserError("the judge observes nobody", where=f"{path}: judge.observes",
                         fix="list the agents it rates, e.g. observes: [helper]")  # fmt: skip
+    if spec.judge.route_to is not None:
+        raise UserError("route_to cannot apply to a finished run: its lines are all said",
+                        where=f"{path}: judge.route_to",
+                        fix="remove it (a scenario's own judges can route verdicts)")  # fmt: skip
     persona = spec.judge.persona
     if isinstance(persona, str):
         file = Path(persona) if Path(persona).is_absolute() else path.resolve().parent / persona
