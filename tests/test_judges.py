@@ -219,6 +219,38 @@ def _sft(db: Path, role: str, capsys: pytest.CaptureFixture[str]) -> str:
     return out.strip()
 
 
+def test_a_judge_reads_the_lines_it_watches_even_private_ones_and_nothing_else_private(
+    write_scenario: WriteScenario, tmp_path: Path
+) -> None:
+    data = {
+        "name": "whispers",
+        "backend": "scripted",
+        "graph": {
+            "kind": "group",
+            "policy": {"kind": "scripted", "order": ["ann", "bo", "cy"]},
+            "max_turns": 3,
+        },
+        "agents": {
+            "ann": {**persona("Whispers to Bo."), "audience": ["bo"]},
+            "bo": persona("Talks to everyone."),
+            "cy": persona("Talks to everyone."),
+            "of_ann": {**rater(), "observes": ["ann"]},
+            "of_cy": {**rater(), "observes": ["cy"]},
+        },
+    }
+    db = run(write_scenario, tmp_path, data)
+    ann = db_rows(db, "SELECT audience_json FROM turns WHERE agent = 'ann'")
+    assert ann == [{"audience_json": '["bo"]'}]
+    prompts = {
+        c["agent"]: c["prompt"]
+        for c in db_rows(db, "SELECT agent, prompt FROM llm_calls WHERE purpose = 'judge'")
+    }
+    assert "Ann: This is ann, turn 0." in prompts["of_ann"]  # the private line it rates
+    assert "Bo: This is bo, turn 1." in prompts["of_cy"]
+    assert "This is ann" not in prompts["of_cy"]  # a private line it does not watch
+    assert all(r.identical for r in verify_run(db))
+
+
 # -- replies that do not fit the rubric ---------------------------------------------------------
 
 
@@ -405,6 +437,14 @@ def test_dpo_export_pairs_forks_by_the_scores_personae_judge_added(
     assert best["rejected"] == [{"role": "assistant", "content": "Reply at temperature 0.2."}]
     assert "3 preference pairs from 1 sibling-fork groups" in err
     assert all(r.identical for r in verify_run(db))
+    # one dimension of the verdicts, or one judge's verdicts, rank the same way here
+    by_dimension = ["export", str(db), "-f", "dpo", "--role", "client", "--score-key", "warmth"]
+    code, out, _ = cli(by_dimension, capsys)
+    assert code == 0 and len(out.strip().splitlines()) == 3
+    code, out, err = cli(
+        ["export", str(db), "-f", "dpo", "--role", "client", "--judge", "x"], capsys
+    )
+    assert (code, out) == (0, "") and "0 preference pairs" in err
 
 
 def test_personae_judge_on_the_shipped_scenario_judge_of_a_support_run(
