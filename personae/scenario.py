@@ -293,6 +293,13 @@ def _check_agents(scenario: Scenario) -> None:
                     where=f"{where}.role",
                     fix="use role 'judge' (or a role registered with @register_judge)",
                 )
+            if agent.route_to is not None and agent.when == "end":
+                raise UserError(
+                    "route_to needs when: turn (a verdict on the whole episode comes after its "
+                    "last line, so nobody would hear it)",
+                    where=f"{where}.route_to",
+                    fix="remove route_to, or rate each line with when: turn",
+                )
             watched = scenario.watched(name)
             if not watched:
                 raise UserError(

@@ -23,7 +23,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -35,6 +35,7 @@ from personae.graphs import Episode, Observer
 from personae.judges import JudgeAgent, Judgment, get_judge
 from personae.plugins import load_imports
 from personae.scenario import AgentSpec, _read_yaml
+from personae.seeds import Seed
 from personae.store import RunLog, Turn, TurnLogWriter, open_database
 from personae.validation import validate_persona, validation_error
 
@@ -52,8 +53,8 @@ class JudgeSpec(BaseModel):
     imports: list[str] = Field(default_factory=list)
     backend: str = "embedded"
     backend_options: dict[str, Any] = Field(default_factory=dict)
-    render: str | None = None
-    seed: int = 0
+    render: Literal["transcript", "chat"] | None = None
+    seed: Seed = 0
     judge: AgentSpec
 
 
@@ -99,6 +100,10 @@ def load_judge_spec(path: str | Path) -> JudgeSpec:
     if not spec.judge.observes:
         raise UserError("the judge observes nobody", where=f"{path}: judge.observes",
                         fix="list the agents it rates, e.g. observes: [helper]")  # fmt: skip
+    if spec.judge.route_to is not None:
+        raise UserError("route_to cannot apply to a finished run: its lines are all said",
+                        where=f"{path}: judge.route_to",
+                        fix="remove it (a scenario's own judges can route verdicts)")  # fmt: skip
     persona = spec.judge.persona
     if isinstance(persona, str):
         file = Path(persona) if Path(persona).is_absolute() else path.resolve().parent / persona
@@ -131,15 +136,8 @@ async def ajudge_database(
         episodes = select_episodes(log, chosen or EpisodeFilter())
         histories = {e["episode_id"]: log.turns(e["episode_id"]) for e in episodes}
         labels = _labels(log, {e["run_id"] for e in episodes})
-    speakers = {t.agent for turns in histories.values() for t in turns}
     observes = spec.judge.observes
-    missing = sorted(set() if observes == "all" else set(observes or ()) - speakers)
-    if histories and len(missing) == len(observes or ()):
-        raise UserError(
-            f"no chosen episode has an agent named {', '.join(map(repr, missing))}",
-            where=f"judge {spec.name!r}: judge.observes",
-            fix=f"agents in these episodes: {', '.join(sorted(speakers))}",
-        )
+    _check_observed(observes, histories, judge)
     engine = create_backend(backend or spec.backend, {} if backend else spec.backend_options)
     cls = get_judge(spec.judge.role)
     persona = cls.persona_model.model_validate(spec.judge.persona)
@@ -157,7 +155,7 @@ async def ajudge_database(
                             spec.name,
                             persona,
                             sampling=spec.judge.sampling,
-                            render_mode=spec.render or engine.render_mode,  # type: ignore[arg-type]
+                            render_mode=spec.render or engine.render_mode,
                             label=spec.judge.label,
                             window=spec.judge.window,
                         )
@@ -186,6 +184,26 @@ async def ajudge_database(
         invalid=sum(not ok for ok, _ in made),
         mean_score=sum(scores) / len(scores) if scores else None,
     )
+
+
+def _check_observed(
+    observes: Sequence[str] | str | None,
+    histories: dict[str, list[Turn]],
+    judge: str | Path | JudgeSpec,
+) -> None:
+    """Raise `UserError` when the judge watches an agent who speaks in none of the episodes
+    (a typo would otherwise judge nothing and say "0 judgments")."""
+    if observes == "all" or not histories:
+        return
+    present = {t.agent for turns in histories.values() for t in turns}
+    for name in observes or ():
+        if name not in present:
+            source = "" if isinstance(judge, JudgeSpec) else f"{judge}: "
+            raise UserError(
+                f"the judge observes {name!r}, who speaks in none of the chosen episodes",
+                where=f"{source}judge.observes",
+                fix=f"agents here: {', '.join(sorted(present))}",
+            )
 
 
 def _forget(path: Path, judge: str, episode_ids: Sequence[str]) -> None:

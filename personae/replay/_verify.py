@@ -8,8 +8,9 @@ database. The re-run is then compared turn by turn with the log: speaker, every 
 rendered prompt, seed and sampling parameters, the visible text, its kind and audience, the turn
 policy's decision and the hidden state, then the judgments and the end reason. The first
 difference is reported with a unified diff (of the prompts when they differ). A call the graph
-asks for that was never recorded is a difference at that turn, not a crash. Works for every
-graph kind and any number of agents.
+asks for that was never recorded is a difference at that turn, not a crash. Verdicts a judge
+added to the finished run (`personae judge`) are not compared: the episode never made them.
+Works for every graph kind and any number of agents.
 """
 
 from __future__ import annotations
@@ -278,6 +279,11 @@ async def averify_episode(
         backends[name] = by_mode[mode]
     writer = _MemoryWriter()
     job = setup.study.job(setup.plan, Services(backends, writer, None, stop_when))
+    # verdicts added afterwards (`personae judge`) are not the episode's own: compare only
+    # what its live judges produced
+    live = {observer.judge.name for observer in job.episode.observers}
+    calls = [c for c in calls if c.get("purpose") != "judge" or c["agent"] in live]
+    judged = [j for j in judged if j["judge"] in live]
     start = setup.fork_turn  # a fork's turns before it are the parent's, kept verbatim
     job.episode.prefix = [t for t in logged if t.idx < start]
     new_end: str | None = None
@@ -319,9 +325,8 @@ async def averify_episode(
             }
         )
     logged_calls: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    own = set(backends)  # verdicts a judge added afterwards (`personae judge`) are not re-run
     for call in calls:
-        if call["turn_idx"] >= start and call["agent"] in own:
+        if call["turn_idx"] >= start:
             logged_calls[int(call["turn_idx"])].append(call)
     for grouped in (new_calls, logged_calls):  # judges run concurrently: compare by call id
         for turn_calls in grouped.values():
@@ -339,8 +344,7 @@ async def averify_episode(
     if first is None and missed is not None:  # a miss without a turn tag
         first = TurnDiff(start, str(missed))
     if first is None and complete:
-        ran = [j for j in judged if j["judge"] in own]
-        first = _compare_judgments(ran, writer.rows["judgments"])
+        first = _compare_judgments(judged, writer.rows["judgments"])
     return VerifyResult(setup.episode_id, len(logged), start, first)
 
 
