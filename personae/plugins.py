@@ -130,6 +130,16 @@ def load_imports(
     return modules
 
 
+def as_stored(specs: Iterable[str]) -> list[str]:
+    """`specs` as a run records them: files as absolute paths, module names as they are (so a
+    later error can say exactly what to `--import` again)."""
+    return [
+        str(Path(spec).expanduser().resolve()) if _is_file(spec) else spec
+        for spec in (str(s).strip() for s in specs)
+        if spec
+    ]
+
+
 def load_entry_points() -> None:
     """Import every installed `personae` plugin once (a broken one is a `UserError`)."""
     global _entry_points_loaded

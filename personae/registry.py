@@ -38,13 +38,19 @@ class Registry(Generic[T]):
         self.noun = noun
         self._entries: dict[str, T] = {}
         self._docs: dict[str, str] = {}
+        self._hidden: set[str] = set()
 
-    def add(self, name: str, obj: T, doc: str | None = None) -> T:
-        """Register `obj` under `name` (a later registration replaces an earlier one)."""
+    def add(self, name: str, obj: T, doc: str | None = None, *, listed: bool = True) -> T:
+        """Register `obj` under `name` (a later registration replaces an earlier one);
+        `listed=False` keeps it out of `names()` and suggestions (an internal entry)."""
         if not name or not name.strip():
             raise ValueError(f"a {self.noun} needs a non-empty name")
         self._entries[name] = obj
         self._docs[name] = first_line(doc if doc is not None else getattr(obj, "__doc__", ""))
+        if listed:
+            self._hidden.discard(name)
+        else:
+            self._hidden.add(name)
         return obj
 
     def get(self, name: str, *, where: str | None = None) -> T:
@@ -59,7 +65,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             pass
-        close = difflib.get_close_matches(str(name), list(self._entries), n=1)
+        close = difflib.get_close_matches(str(name), self.names(), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UserError(
             f"unknown {self.noun} {name!r}",
@@ -69,9 +75,9 @@ class Registry(Generic[T]):
         )
 
     def names(self) -> list[str]:
-        """Registered names, sorted (installed plugins included)."""
+        """Registered names, sorted (installed plugins included; internal entries not)."""
         load_entry_points()
-        return sorted(self._entries)
+        return sorted(n for n in self._entries if n not in self._hidden)
 
     def describe(self) -> list[tuple[str, str]]:
         """(name, one-line description) of every entry, sorted by name."""

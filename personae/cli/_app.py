@@ -305,8 +305,6 @@ def scenarios(imports: Imports = None) -> None:
     kinds.add_column("what it is, and its options", overflow="fold")
     for name, doc in GRAPHS.describe():
         kind = GRAPHS.get(name)
-        if not kind.standalone:
-            continue
         options = "; ".join(f"{k}: {d}" for k, d in kind.describe_options())
         kinds.add_row(name, f"{doc}\n[dim]{escape(options)}[/]")
     out.print(kinds)

@@ -25,7 +25,7 @@ from personae.backends import Backend, parse_spec
 from personae.experiments._scoring import Curve, MultiTurnRow, StyleOutcomes
 from personae.experiments._spec import TeachingScenario, load_teaching_scenario
 from personae.experiments._study import TeachingStudy
-from personae.plugins import load_imports
+from personae.plugins import as_stored, load_imports
 from personae.runner import execute
 from personae.scenario import resolve_scenario_path
 from personae.seeds import check_seed
@@ -225,6 +225,9 @@ async def arun_teaching(
         spec = spec.model_copy(update={"seeds": list(dict.fromkeys(checked))})
     if isinstance(backend, str):
         spec = with_backend(spec, backend)
+    extra = [i for i in as_stored(imports) if i not in spec.imports]
+    if extra:  # recorded, so a replay's error can name them
+        spec = spec.model_copy(update={"imports": [*spec.imports, *extra]})
     study = TeachingStudy(spec, items=items)
     run = await execute(
         study,

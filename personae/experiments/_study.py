@@ -183,12 +183,15 @@ class TeachingStudy(Study):
         plans = {p.episode_id: p for p in self.plan()}
         found = plans.get(row["episode_id"]) or plans.get(row.get("parent_episode_id") or "")
         if found is None:
+            old = row.get("condition", {}).get("teaching", {}).get("kind") == "item"
             raise UserError(
                 f"episode {row['episode_id']} is not part of the stored teaching experiment "
-                "(its data or seeds changed)",
+                + ("(it was run by an earlier personae, whose teaching runs had other episodes)"
+                   if old else "(its data files or seeds changed since)"),
                 where=f"episode {row['episode_id']}",
-                fix="replay it with the data it was run on",
-            )
+                fix="step through it with 'personae replay DB EPISODE --print' or export it"
+                if old else "replay it with the data it was run on",
+            )  # fmt: skip
         # a fork plays its parent's part under its own id
         return dataclasses.replace(found, episode_id=row["episode_id"], index=found.index)
 

@@ -130,7 +130,7 @@ def register_graph(name: str) -> Callable[[type[GraphKind]], type[GraphKind]]:
 
     def decorate(cls: type[GraphKind]) -> type[GraphKind]:
         cls.name = name
-        return GRAPHS.add(name, cls)
+        return GRAPHS.add(name, cls, listed=cls.standalone)
 
     return decorate
 

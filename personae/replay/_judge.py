@@ -229,6 +229,7 @@ async def _judge_episode(
 ) -> list[Judgment]:
     """The observer's verdicts on a logged episode, exactly as a live judge would make them."""
     observer = episode.observers[0]
+    episode.next_turn = len(turns)  # a verdict on the whole episode is logged at its last turn
     history = [
         Utterance(t.agent, labels.get(t.agent) or default_label(t.agent), t.text, t.audience,
                   t.kind)  # type: ignore[arg-type]

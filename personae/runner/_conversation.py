@@ -22,7 +22,7 @@ from personae.backends import Backend, RenderMode
 from personae.errors import UserError
 from personae.graphs import Episode, Observer
 from personae.judges import JudgeAgent
-from personae.plugins import load_imports
+from personae.plugins import as_stored, load_imports
 from personae.runner._engine import RunResult, execute
 from personae.runner._study import EpisodeJob, Services, Study, register_study, study_of_run
 from personae.scenario import (
@@ -303,6 +303,7 @@ async def arun(
 ) -> RunResult:
     """Async form of `run`."""
     load_imports(imports, where="--import")
+    cli_imports = as_stored(imports)
     instance = backend if isinstance(backend, Backend) else None
     spec_string = instance.backend_id if instance is not None else backend
     assert spec_string is None or isinstance(spec_string, str)
@@ -317,6 +318,9 @@ async def arun(
     else:
         override = spec_string if instance is None else None
         updated = _effective_scenario(scenario, episodes, override, seed)
+        if cli_imports:  # recorded, so a replay's error can name them
+            known = updated.imports
+            updated = evolve(updated, imports=[*known, *(i for i in cli_imports if i not in known)])
         study = ConversationStudy(updated, plan_limit=plan_limit)
     return await execute(
         study,
