@@ -2,8 +2,11 @@
 
 Every turn of every episode is stored (`turns`), with the model call behind it (`llm_calls`),
 grouped by `episodes` and `runs`. Databases carry a schema version; readers refuse newer ones.
+A run writes through one `TurnLogWriter`, which either saves every queued row in order or stops
+with a `StoreFailure` saying what was not saved.
 """
 
+from personae.store._failures import StoreFailure
 from personae.store._reader import RunLog, Turn
 from personae.store._schema import (
     SCHEMA_VERSION,
@@ -16,6 +19,7 @@ from personae.store._writer import TurnLogWriter
 __all__ = [
     "SCHEMA_VERSION",
     "RunLog",
+    "StoreFailure",
     "Turn",
     "TurnLogWriter",
     "check_database",
