@@ -34,7 +34,7 @@ from personae.scenario import (
     plan_episodes,
     resolve_scenario_path,
 )
-from personae.store import RunLog, TurnLogWriter, open_database
+from personae.store import RunLock, RunLog, StoreFailure, TurnLogWriter, open_database
 from personae.store._cache import CACHE_FILE, ResponseCache
 from personae.store._resume import prepare_rerun
 from personae.store._schema import check_database
@@ -259,13 +259,18 @@ async def arun(
     spec = _effective_scenario(scenario, resume, episodes, spec_string, seed)
     plans = plan_episodes(spec)
     db_path = Path(resume or db or default_db_path(spec))
-    if db_path.exists() and db_path.stat().st_size > 0:
-        check_database(db_path)
+    check_database(db_path, for_writing=True)
     backends = RunBackends(spec, instance)
     graph = build_graph(spec)
     run_id = uuid.uuid4().hex[:12]
     start = time.perf_counter()
-    await backends.start()
+    run_lock = RunLock(db_path)  # one run per database: taken before anything writes to it
+    run_lock.acquire()
+    try:
+        await backends.start()
+    except BaseException:
+        run_lock.release()
+        raise
     try:
         database = open_database(db_path, create=True)
         done = prepare_rerun(database, [p.episode_id for p in plans])
@@ -274,6 +279,7 @@ async def arun(
         width = concurrency or min(b.parallelism for b in backends.by_spec.values())
         async with TurnLogWriter(db_path) as writer, AsyncExitStack() as stack:
             _log_run_start(writer, run_id, spec, backends, todo)
+            await writer.flush()  # the run row is committed before the first episode starts
             responses = None
             if cache:
                 cache_path = db_path.parent / CACHE_FILE if cache is True else Path(cache)
@@ -285,6 +291,10 @@ async def arun(
 
                 async def one(plan: EpisodePlan) -> bool:
                     async with gate:
+                        try:
+                            await writer.room()  # bounded queue; raises once the store failed
+                        except StoreFailure:
+                            return False  # nothing more can be saved: start no more episodes
                         return await _run_episode(
                             spec, graph, plan, backends, writer, bar, stop_when, responses
                         )
@@ -310,6 +320,7 @@ async def arun(
                     )
     finally:
         await backends.close()
+        run_lock.release()
     with RunLog(db_path) as log:
         totals = log.summary(run_id)
     return RunResult(

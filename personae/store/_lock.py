@@ -87,8 +87,11 @@ class RunLock:
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": " ".join(sys.argv)[:200],
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+        except OSError:  # e.g. a full disk: the lock holds all the same, only unnamed
+            pass
         self._fd = fd
 
     def release(self) -> None:
@@ -139,7 +142,7 @@ def _read(fd: int) -> dict[str, object]:
 
 def _describe(holder: dict[str, object]) -> str:
     if not holder:
-        return "holder unknown: it is starting up"
+        return "holder unknown: it is starting up, or could not record itself"
     text = f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started_at')}"
     command = holder.get("command")
     return f"{text}: {command}" if command else text
