@@ -24,6 +24,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections import deque
@@ -194,7 +195,6 @@ class TurnLogWriter:
             self._wake.set()
             await self._task
             self._task = None
-            self._closed = True
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -219,6 +219,7 @@ class TurnLogWriter:
         while True:
             if not self._pending:
                 if self._stopping:
+                    self._closed = True  # from here on a row queued would never be written
                     return
                 self._wake.clear()
                 await self._wake.wait()
@@ -285,7 +286,8 @@ class TurnLogWriter:
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # the first error is the one to report
+                    conn.execute("ROLLBACK")
             raise
         self.written_rows += len(batch)
 
