@@ -120,25 +120,36 @@ async def test_commits_trail_a_cpu_bound_producer_by_under_a_second(
 # -- a full disk -----------------------------------------------------------------------------
 
 
-def test_a_full_disk_stops_the_run_and_a_rerun_recovers_every_episode(
+def test_a_full_disk_stops_the_run_with_one_line_and_a_rerun_recovers_every_episode(
     write_scenario: Callable[..., Path], tmp_path: Path
 ) -> None:
     scenario = write_scenario(repeats=120)
     with tmpfs(tmp_path / "small", "640k") as disk:
         db = disk / "run.db"
-        with pytest.raises(StoreFailure) as info:
-            personae.run(scenario, db=db)
-        failure = info.value
-        assert failure.reason == "disk full"
-        assert failure.episodes and failure.rows > 0
-        assert f"resume with: personae run --resume {db}" in failure.line()
+        proc = subprocess.run(
+            [sys.executable, "-m", "personae", "run", str(scenario), "--db", str(db), "-q"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()  # one line: no traceback, no log noise
+        assert line.startswith(f"error: {db}: disk full: ") and "episodes not saved" in line
+        assert f"free space, then resume with: personae run --resume {db}" in line
+        assert "database:" not in proc.stdout  # no success summary
         assert _log_problems(db) == []  # nothing 'complete' with rows missing
-        lost = _statuses(db)
-        assert lost.get("complete", 0) < 120
+        saved = _statuses(db).get("complete", 0)
+        assert saved < 120
+        retry = subprocess.run(proc.args, capture_output=True, text=True, check=False)
+        assert retry.returncode == 2 and retry.stderr.count("\n") == 1, retry.stderr
+        assert "disk full" in retry.stderr  # still full: the same one line, from the start
+        with pytest.raises(StoreFailure) as info:  # the same through the Python API
+            personae.run(scenario, db=db)
+        assert info.value.reason == "disk full"
         remount(disk, "size=64m")  # space freed
         again = personae.run(scenario, db=db)
         assert again.failed == 0 and again.skipped + again.complete == 120
-        assert again.skipped == lost.get("complete", 0)
+        assert again.skipped >= saved
         assert _log_problems(db) == []
         assert _statuses(db) == {"complete": 120}
 

@@ -300,7 +300,7 @@ async def test_an_episode_that_lost_a_row_is_stored_failed_not_complete(
 
 
 async def test_disk_full_stops_the_writer_and_says_what_was_not_saved(
-    tmp_path: Path, full_disk: list[_FullDisk], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, full_disk: list[_FullDisk]
 ) -> None:
     path = tmp_path / "run.db"
     _seed_run(path, episodes=("ep1", "ep2", "ep3"))
@@ -330,7 +330,6 @@ async def test_disk_full_stops_the_writer_and_says_what_was_not_saved(
     assert at_close.value.episodes == ["ep1", "ep2", "ep3"]
     assert db_rows(path, "SELECT text FROM turns") == [{"text": "saved"}]
     assert {r["status"] for r in db_rows(path, "SELECT status FROM episodes")} == {"pending"}
-    assert any("disk full" in r.getMessage() for r in caplog.records)
 
 
 async def test_close_reports_a_failure_nobody_flushed(

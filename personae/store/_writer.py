@@ -106,7 +106,8 @@ class TurnLogWriter:
         except StoreFailure as failure:
             if exc is None:
                 raise
-            log.error("turn log: %s (while handling %r)", failure.line(), exc)
+            if not isinstance(exc, StoreFailure):  # don't hide it behind the other error
+                log.error("turn log: %s (while handling %r)", failure.line(), exc)
 
     # -- producer side (hot path: no SQLite, no awaiting) ----------------------------------
 
@@ -254,7 +255,8 @@ class TurnLogWriter:
         self._pending.clear()
         self._done += len(lost) - len(batch)  # the batch itself is counted by the caller
         self._count_unsaved(lost)
-        log.error(
+        # the caller gets the StoreFailure (one line for the user); the traceback is for debugging
+        log.debug(
             "turn log %s: %s; stopped writing, %d rows not saved",
             self.path,
             self._fatal[0],
