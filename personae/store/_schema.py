@@ -242,14 +242,21 @@ def check_database(path: Path, *, for_writing: bool = False) -> None:
                 if "meta" in tables
                 else {}
             )
+            runs = (
+                int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+                if "runs" in tables and not rows
+                else 0
+            )
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
         raise _unreadable(path, exc) from exc
     if rows.get("app") != APP:
         if "meta" in tables and not rows and tables <= {"meta", *_TABLES}:
-            raise UserError(
-                "incomplete database: its creation was interrupted (it holds no run)",
+            if runs:
+                raise _damaged(path, "its meta table is empty")
+            raise UserError(  # creation writes the meta rows last: nothing else is in it
+                "incomplete database: its creation was interrupted",
                 where=str(path),
                 fix="delete it, then rerun",
             )
