@@ -4,9 +4,6 @@ Each case runs a command through the CLI entry point (`personae.cli.main`) in a 
 (also the working directory, so a default `logs/` would show) and checks what a user sees:
 exit code 2, exactly one stderr line starting with `error: ` that names the problem, no
 traceback anywhere, and no file created or changed (no database, no export, no folder).
-
-Cases marked `xfail(strict=True)` are still wrong today and need the runner or store changes
-noted in their reason; they flip to failures (XPASS) once that lands, so the mark comes off.
 """
 
 from __future__ import annotations
@@ -173,14 +170,6 @@ def teach(scenario: Callable[[Env], str], *extra: str) -> Build:
 
 def export(*extra: str, db: Callable[[Env], Path] = lambda e: e.copy("run")) -> Build:
     return lambda e: ["export", str(db(e)), *(a.replace("{tmp}", str(e.tmp)) for a in extra)]
-
-
-def xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-RUNNER = "needs the runner rewrite"
-STORE = "needs the store to validate databases fully"
 
 
 def case(build: Build, expected: str, id: str, *marks: pytest.MarkDecorator) -> Any:
@@ -445,9 +434,8 @@ RUN_OPTIONS = [
                 )
             ),
         ],
-        "no run",
+        "tables missing",
         "--resume db without runs",
-        xfail(f"{STORE}: a meta table alone passes the check"),
     ),
 ]
 
@@ -471,9 +459,8 @@ DATABASES = [
     ),
     case(
         lambda e: ["run", "counseling_cbt", "--backend", "scripted", "--db", str(e.tmp)],
-        "directory",
+        "folder, not a database",
         "--db is a directory",
-        xfail(f"{RUNNER}: a directory is reported as 'not found'"),
     ),
     case(
         lambda e: [
@@ -486,13 +473,11 @@ DATABASES = [
         ],
         "notes.txt",
         "--db under a file",
-        xfail(f"{RUNNER}: FileExistsError traceback"),
     ),
     case(
         lambda e: ["run", "counseling_cbt", "--backend", "scripted", "--db", "/proc/personae.db"],
         "/proc",
         "--db in /proc",
-        xfail(f"{RUNNER}: sqlite3.OperationalError traceback"),
     ),
     case(
         lambda e: [
@@ -517,7 +502,6 @@ DATABASES = [
         ],
         "schema",
         "non-integer schema_version",
-        xfail(f"{STORE}: int() of the stored schema_version raises ValueError"),
     ),
     case(
         lambda e: [
@@ -538,7 +522,6 @@ DATABASES = [
         ],
         "noturns.db",
         "db missing a table",
-        xfail(f"{STORE}: a missing table is a sqlite3 traceback"),
     ),
 ]
 

@@ -13,6 +13,7 @@ from personae.errors import UserError
 from personae.store import (
     SCHEMA_VERSION,
     RunLog,
+    StoreFailure,
     TurnLogWriter,
     check_database,
     episode_key,
@@ -215,6 +216,181 @@ async def test_turns_are_append_only(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert db_rows(path, "SELECT text FROM turns")[0]["text"] == "original"
+
+
+class _FullDisk:
+    """A connection that behaves like the real one until `full` is set, then fails every insert
+    the way SQLite does on a full disk (SQLITE_FULL)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        object.__setattr__(self, "_conn", conn)
+        object.__setattr__(self, "full", False)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "full":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._conn, name, value)
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if self.full and sql.startswith("INSERT"):
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.execute(sql, *args)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch) -> list[_FullDisk]:
+    """Every writer connection opened in the test, each able to run out of disk."""
+    import personae.store._writer as writer_module
+
+    made: list[_FullDisk] = []
+    real = writer_module.connect
+
+    def connect(path: Path) -> _FullDisk:
+        made.append(_FullDisk(real(path)))
+        return made[-1]
+
+    monkeypatch.setattr(writer_module, "connect", connect)
+    return made
+
+
+async def test_queued_rows_are_snapshots_not_references(tmp_path: Path) -> None:
+    # The runner queues an episode row and then updates the same dict when the episode ends;
+    # the queued "running" row must not turn into "complete" ahead of the episode's turns.
+    path = tmp_path / "run.db"
+    _seed_run(path)
+    async with TurnLogWriter(path) as writer:
+        row: dict[str, object] = {"episode_id": "ep1", "status": "running"}
+        writer.upsert("episodes", row)
+        row.update(status="complete", n_turns=1)
+        await writer.flush()
+        assert db_rows(path, "SELECT status, n_turns FROM episodes") == [
+            {"status": "running", "n_turns": None}
+        ]
+        writer.insert("turns", _turn("ep1", 0))
+        writer.upsert("episodes", row)
+    assert db_rows(path, "SELECT status, n_turns FROM episodes") == [
+        {"status": "complete", "n_turns": 1}
+    ]
+
+
+@pytest.mark.parametrize("same_batch", [True, False])
+async def test_an_episode_that_lost_a_row_is_stored_failed_not_complete(
+    tmp_path: Path, same_batch: bool
+) -> None:
+    path = tmp_path / "run.db"
+    _seed_run(path, episodes=("ep1", "ep2"))
+    async with TurnLogWriter(path) as writer:
+        writer.insert("turns", _turn("ep1", 0, "kept"))
+        writer.insert("turns", _turn("ep1", 0, "clash"))  # unique (episode_id, idx): dropped
+        writer.insert("turns", _turn("ep2", 0, "fine"))
+        if not same_batch:
+            await writer.flush()
+        for ep in ("ep1", "ep2"):
+            writer.upsert("episodes", {"episode_id": ep, "status": "complete", "n_turns": 1})
+    assert writer.failure is None  # a bad row is not a failure of the database
+    rows = {r["episode_id"]: r for r in db_rows(path, "SELECT * FROM episodes")}
+    assert rows["ep2"]["status"] == "complete"
+    assert rows["ep1"]["status"] == "failed"
+    assert "turns row" in rows["ep1"]["error"] and "UNIQUE" in rows["ep1"]["error"]
+    assert set(writer.lost_episodes) == {"ep1"}
+
+
+async def test_disk_full_stops_the_writer_and_says_what_was_not_saved(
+    tmp_path: Path, full_disk: list[_FullDisk]
+) -> None:
+    path = tmp_path / "run.db"
+    _seed_run(path, episodes=("ep1", "ep2", "ep3"))
+    writer = TurnLogWriter(path)
+    with pytest.raises(StoreFailure) as at_close:  # nobody may miss it
+        async with writer:
+            writer.insert("turns", _turn("ep1", 0, "saved"))
+            await writer.flush()
+            full_disk[0].full = True
+            writer.insert("turns", _turn("ep1", 1, "lost"))
+            writer.insert("turns", _turn("ep2", 0, "lost too"))
+            with pytest.raises(StoreFailure) as info:
+                await writer.flush()
+            failure = info.value
+            assert failure.reason == "disk full"
+            assert failure.episodes == ["ep1", "ep2"]
+            line = failure.line()
+            assert line.startswith(f"{path}: disk full: 2 episodes not saved")
+            assert "free space" in line and f"--resume {path}" in line
+            assert writer.failure is not None
+            with pytest.raises(StoreFailure):
+                await writer.room()  # producers learn it at their next turn
+            # Space comes back, but nothing more may land: ep1's "complete" would hide a lost turn.
+            full_disk[0].full = False
+            writer.upsert("episodes", {"episode_id": "ep1", "status": "complete", "n_turns": 2})
+            writer.insert("turns", _turn("ep3", 0, "after the failure"))
+    assert at_close.value.episodes == ["ep1", "ep2", "ep3"]
+    assert db_rows(path, "SELECT text FROM turns") == [{"text": "saved"}]
+    assert {r["status"] for r in db_rows(path, "SELECT status FROM episodes")} == {"pending"}
+
+
+async def test_close_reports_a_failure_nobody_flushed(
+    tmp_path: Path, full_disk: list[_FullDisk]
+) -> None:
+    path = tmp_path / "run.db"
+    _seed_run(path)
+    with pytest.raises(StoreFailure, match="disk full: 1 episode not saved"):
+        async with TurnLogWriter(path) as writer:
+            full_disk[0].full = True
+            writer.insert("turns", _turn("ep1", 0))
+
+
+async def test_a_value_sqlite_cannot_hold_fails_the_writer_loudly(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    _seed_run(path)
+    async with TurnLogWriter(path) as writer:
+        writer.insert("turns", _turn("ep1", 0, "before"))
+        await writer.flush()
+        writer.insert("llm_calls", {"call_id": "c", "episode_id": "ep1", "seed": 2**63})
+        writer.insert("turns", _turn("ep1", 1, "behind the bad value"))
+        with pytest.raises(StoreFailure, match="OverflowError") as info:
+            await writer.flush()
+        assert info.value.episodes == ["ep1"]
+        with pytest.raises(StoreFailure):
+            await writer.close()  # raised once more for whoever closes; then it is reported
+    assert db_rows(path, "SELECT text FROM turns") == [{"text": "before"}]
+
+
+async def test_room_is_immediate_under_the_bound_and_waits_above_it(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    _seed_run(path)
+    async with TurnLogWriter(path, max_pending=10) as writer:
+        for i in range(5):
+            writer.insert("turns", _turn("ep1", i))
+        await writer.room()  # under the bound: returns without letting the writer run
+        assert db_rows(path, "SELECT count(*) AS n FROM turns") == [{"n": 0}]
+        for i in range(5, 50):
+            writer.insert("turns", _turn("ep1", i))
+        await writer.room()  # over it: returns once the queue is back under the bound
+        assert db_rows(path, "SELECT count(*) AS n FROM turns")[0]["n"] >= 40
+    assert db_rows(path, "SELECT count(*) AS n FROM turns") == [{"n": 50}]
+
+
+async def test_rows_are_written_in_the_order_queued(tmp_path: Path) -> None:
+    # Different tables and column sets interleave; the database must hold them as queued
+    # (an episode row before its turns, the last upsert of a row winning).
+    path = tmp_path / "run.db"
+    _seed_run(path, episodes=())
+    async with TurnLogWriter(path, max_batch=3) as writer:
+        for ep in range(4):
+            writer.upsert("episodes", {"episode_id": f"e{ep}", "run_id": "r1", "idx": ep})
+            writer.upsert("episodes", {"episode_id": f"e{ep}", "status": "running"})
+            for t in range(3):
+                writer.insert("turns", _turn(f"e{ep}", t, f"{ep}.{t}"))
+            writer.upsert("episodes", {"episode_id": f"e{ep}", "status": "complete"})
+    assert writer.failed_rows == 0
+    statuses = db_rows(path, "SELECT DISTINCT status FROM episodes")
+    assert statuses == [{"status": "complete"}]
+    texts = [r["text"] for r in db_rows(path, "SELECT text FROM turns ORDER BY id")]
+    assert texts == [f"{ep}.{t}" for ep in range(4) for t in range(3)]
 
 
 # -- episode ids ----------------------------------------------------------------------------

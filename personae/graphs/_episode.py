@@ -253,6 +253,8 @@ class Episode:
             pass_token: When set, the agent may abstain: an output equal to it (or empty) is
                 logged as a `pass`, shown to nobody.
         """
+        if self.writer is not None:
+            await self.writer.room()  # the writer's queue is bounded: wait while it is full
         agent = self.agents[name]
         turn = self.reserve()
         if turn < len(self.prefix):

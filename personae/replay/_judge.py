@@ -36,7 +36,7 @@ from personae.judges import JudgeAgent, Judgment, get_judge
 from personae.plugins import load_imports
 from personae.scenario import AgentSpec, _read_yaml
 from personae.seeds import Seed
-from personae.store import RunLog, Turn, TurnLogWriter, open_database
+from personae.store import RunLock, RunLog, Turn, TurnLogWriter, open_database
 from personae.validation import validate_persona, validation_error
 
 if TYPE_CHECKING:
@@ -141,11 +141,14 @@ async def ajudge_database(
     engine = create_backend(backend or spec.backend, {} if backend else spec.backend_options)
     cls = get_judge(spec.judge.role)
     persona = cls.persona_model.model_validate(spec.judge.persona)
-    _forget(path, spec.name, list(histories))
-    await engine.start()
+    lock = RunLock(path)  # judging writes the database: no run may write it meanwhile
+    lock.acquire()
     made: list[tuple[bool, float | None]] = []
     try:
-        async with TurnLogWriter(path) as writer:
+        _forget(path, spec.name, list(histories))
+        await engine.start()
+        again = f"personae judge {path} JUDGE.yaml"
+        async with TurnLogWriter(path, resume_command=again) as writer:
             gate = asyncio.Semaphore(concurrency or engine.parallelism)
             with RunProgress(len(histories), progress) as bar:
 
@@ -177,6 +180,7 @@ async def ajudge_database(
                 await asyncio.gather(*(one(e, t) for e, t in histories.items()))
     finally:
         await engine.close()
+        lock.release()
     scores = [s for ok, s in made if ok and s is not None]
     return JudgeResult(
         episodes=len(histories),

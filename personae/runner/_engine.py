@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,11 +24,13 @@ from typing import Any
 from personae._progress import RunProgress
 from personae._version import __version__
 from personae.backends import Backend, create_backend
+from personae.errors import UserError
 from personae.graphs import StopPredicate
 from personae.runner._study import Services, Study
 from personae.scenario import EpisodePlan
-from personae.store import RunLog, TurnLogWriter, open_database
+from personae.store import RunLock, RunLog, StoreFailure, TurnLogWriter, open_database
 from personae.store._cache import CACHE_FILE, ResponseCache
+from personae.store._failures import describe
 from personae.store._resume import prepare_rerun
 from personae.store._schema import check_database
 
@@ -196,21 +199,35 @@ async def execute(
     """
     plans = study.plan()
     db_path = Path(db) if db is not None else default_db_path(study.name)
-    if db_path.exists() and db_path.stat().st_size > 0:
-        check_database(db_path)
+    check_database(db_path, for_writing=True)
     backends = RunBackends(study, backend)
     run_id = uuid.uuid4().hex[:12]
     start = time.perf_counter()
     results: list[bool] = []
     status = "interrupted"
-    await backends.start()
+    run_lock = RunLock(db_path)  # one run per database: taken before anything writes to it
+    run_lock.acquire()
+    try:
+        await backends.start()
+    except BaseException:
+        run_lock.release()
+        raise
     if announce is not None:
         announce(db_path)
     study.on_backends(backends.for_agent)
     try:
         database = open_database(db_path, create=True)
-        done = prepare_rerun(database, [p.episode_id for p in plans])
-        database.conn.close()
+        try:
+            done = prepare_rerun(database, [p.episode_id for p in plans])
+        except sqlite3.Error as exc:  # e.g. the disk filled up since the last run
+            reason, remedy = describe(exc)
+            raise UserError(
+                f"cannot prepare the database for this run: {reason}",
+                where=str(db_path),
+                fix=f"{remedy}, then run again",
+            ) from exc
+        finally:
+            database.conn.close()
         todo = [p for p in plans if p.episode_id not in done]
         with RunLog(db_path) as log:
             outcomes: dict[str, Any] = log.outcomes(sorted(done)) if done else {}
@@ -230,6 +247,10 @@ async def execute(
 
                 async def one(plan: EpisodePlan) -> tuple[bool, Any]:
                     async with gate:
+                        try:
+                            await writer.room()  # bounded queue; raises once the store failed
+                        except StoreFailure:
+                            return False, None  # nothing more can be saved: start no more
                         return await _run_episode(study, plan, services, writer, bar)
 
                 summary: dict[str, Any] = {}
@@ -239,6 +260,7 @@ async def execute(
                         batch = [p for p in todo if p.stage == stage]
                         ran = await asyncio.gather(*(one(p) for p in batch))
                         for plan, (ok, outcome) in zip(batch, ran, strict=True):
+                            ok = ok and plan.episode_id not in writer.lost_episodes
                             results.append(ok)
                             if ok:
                                 outcomes[plan.episode_id] = outcome
@@ -268,6 +290,7 @@ async def execute(
                     )
     finally:
         await backends.close()
+        run_lock.release()
     with RunLog(db_path) as log:
         totals = log.summary(run_id)
     return RunResult(

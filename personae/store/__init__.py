@@ -1,9 +1,13 @@
-"""The SQLite turn log: schema, the single batched writer, and readers.
+"""The SQLite turn log: schema, the single batched writer, the run lock, and readers.
 
 Every turn of every episode is stored (`turns`), with the model call behind it (`llm_calls`),
 grouped by `episodes` and `runs`. Databases carry a schema version; readers refuse newer ones.
+One run at a time writes a database (`RunLock`), through one `TurnLogWriter`, which either saves
+every queued row in order or stops with a `StoreFailure` saying what was not saved.
 """
 
+from personae.store._failures import StoreFailure
+from personae.store._lock import RunLock
 from personae.store._reader import RunLog, Turn
 from personae.store._schema import (
     SCHEMA_VERSION,
@@ -15,7 +19,9 @@ from personae.store._writer import TurnLogWriter
 
 __all__ = [
     "SCHEMA_VERSION",
+    "RunLock",
     "RunLog",
+    "StoreFailure",
     "Turn",
     "TurnLogWriter",
     "check_database",

@@ -13,8 +13,10 @@ older ones (`ensure_schema`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from typing import Any
 import sqlite_utils
 
 from personae.errors import UserError
+from personae.store._failures import describe
+from personae.store._paths import check_target, folder_is_writable, header_problem, make_folders
 
 APP = "personae"
 SCHEMA_VERSION = 2
@@ -189,16 +193,31 @@ def episode_key(scenario: str, condition: dict[str, Any], seed: int, index: int)
 
 
 def readonly_uri(path: Path) -> str:
-    """A `file:` URI opening `path` read-only (percent-encoded: '#' or '?' in names work)."""
-    return Path(path).resolve().as_uri() + "?mode=ro"
+    """A `file:` URI opening `path` read-only (percent-encoded: '#' or '?' in names work).
+
+    On read-only media SQLite cannot create the WAL index that a plain read-only open needs, so
+    a database in a folder that cannot be written is opened `immutable=1` unless it has a
+    non-empty `-wal` file (whose rows `immutable` would not see).
+    """
+    path = Path(path).resolve()
+    uri = path.as_uri() + "?mode=ro"
+    if not folder_is_writable(path.parent):
+        wal = path.with_name(path.name + "-wal")
+        if not (wal.exists() and wal.stat().st_size > 0):
+            uri += "&immutable=1"
+    return uri
 
 
 def connect(path: Path) -> sqlite3.Connection:
     """A connection with WAL, foreign keys and a busy timeout."""
     conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -210,25 +229,74 @@ def _not_personae(path: Path) -> UserError:
     )
 
 
-def check_database(path: Path) -> None:
-    """Raise `UserError` unless `path` is a personae database this version can read."""
-    if not path.is_file():
-        raise UserError(
-            "database file not found",
-            where=str(path),
-            fix="pass the path printed by 'personae run' (default folder: logs/)",
-        )
+def _damaged(path: Path, detail: str) -> UserError:
+    return UserError(
+        f"damaged database: {detail}",
+        where=str(path),
+        fix="restore it from a copy, or pass a new --db ('sqlite3 FILE .recover' may rescue "
+        "its rows)",
+    )
+
+
+#: Tables every personae database has had since schema version 1.
+_CORE_TABLES = ("runs", "episodes", "turns", "llm_calls")
+
+
+def check_database(path: Path, *, for_writing: bool = False) -> None:
+    """Raise `UserError` unless `path` is a personae database this version can read.
+
+    With `for_writing`, a path with no file (or an empty one) passes if a database can be
+    created there, and an existing database must also be writable. Only reads: nothing is
+    created or changed.
+    """
+    path = Path(path)
+    if not check_target(path, for_writing=for_writing):
+        if for_writing:
+            return  # nothing there yet; open_database creates it
+        raise _not_personae(path)
+    problem = header_problem(path)
+    if problem == "not sqlite":
+        raise _not_personae(path)
+    if problem is not None:
+        raise _damaged(path, f"the file is {problem}")
     try:
         conn = sqlite3.connect(readonly_uri(path), uri=True)
         try:
-            rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            tables = {
+                str(r[0])
+                for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            rows = (
+                {str(k): v for k, v in conn.execute("SELECT key, value FROM meta")}
+                if "meta" in tables
+                else {}
+            )
+            runs = (
+                int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+                if "runs" in tables and not rows
+                else 0
+            )
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        raise _not_personae(path) from exc
+        raise _unreadable(path, exc) from exc
     if rows.get("app") != APP:
+        if "meta" in tables and not rows and tables <= {"meta", *_TABLES}:
+            if runs:
+                raise _damaged(path, "its meta table is empty")
+            raise UserError(  # creation writes the meta rows last: nothing else is in it
+                "incomplete database: its creation was interrupted",
+                where=str(path),
+                fix="delete it, then rerun",
+            )
         raise _not_personae(path)
-    version = int(rows.get("schema_version", 0))
+    raw = rows.get("schema_version")
+    if raw is None:
+        raise _damaged(path, "no schema_version in its meta table")
+    try:
+        version = int(raw)
+    except (TypeError, ValueError):
+        raise _damaged(path, f"schema_version is {raw!r}, not a whole number") from None
     if version > SCHEMA_VERSION:
         raise UserError(
             f"database schema version {version} is newer than this personae supports "
@@ -236,24 +304,79 @@ def check_database(path: Path) -> None:
             where=str(path),
             fix="upgrade personae (pip install -U personae)",
         )
+    missing = [t for t in _CORE_TABLES if t not in tables]
+    if missing:
+        raise _damaged(path, f"tables missing: {', '.join(missing)}")
+
+
+def _unreadable(path: Path, exc: sqlite3.DatabaseError) -> UserError:
+    text = str(exc).lower()
+    if "unable to open" in text and not folder_is_writable(path.parent):
+        return UserError(
+            "cannot read the database: its -wal file needs a -shm file, and the folder is "
+            "read-only",
+            where=str(path),
+            fix="copy the .db with its -wal file to a writable folder and pass that copy",
+        )
+    if "malformed" in text or "not a database" in text:
+        return _damaged(path, str(exc))
+    return UserError(
+        f"cannot read the database ({exc})",
+        where=str(path),
+        fix="check the file's permissions and the disk",
+    )
 
 
 def open_database(path: Path, *, create: bool) -> sqlite_utils.Database:
     """Open (and with `create`, initialise) a turn-log database for writing.
 
-    An existing file must be a personae database of a version this code reads (an older one is
-    migrated); an empty or new file is initialised when `create` is true.
+    An existing file must be a writable personae database of a version this code reads (an
+    older one is migrated); an empty or new file is initialised when `create` is true. If
+    opening fails (disk full, read-only, …) nothing is left behind: files and folders made for
+    it are removed.
+
+    Raises:
+        UserError: the path or the file is unusable (see `check_database`), or SQLite could
+            not create or open it.
     """
     path = Path(path)
+    if not create:
+        check_database(path)  # "not found" / "not a personae database" / …
+    check_database(path, for_writing=True)
     fresh = not path.exists() or path.stat().st_size == 0
-    if fresh and not create:
-        check_database(path)  # raises "not found" / "not a personae database"
-    if not fresh:
-        check_database(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite_utils.Database(connect(path))
-    ensure_schema(db)  # a new file gets the schema, an older one is migrated
-    return db
+    try:
+        made = make_folders(path.parent)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the folder {exc.filename} ({exc.strerror})",
+            where=str(path),
+            fix="pass a --db path in a writable folder",
+        ) from exc
+    files = [path.with_name(path.name + s) for s in ("", "-wal", "-shm", "-journal")]
+    existed = {f for f in files if f.exists()}
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = connect(path)
+        db = sqlite_utils.Database(conn)
+        ensure_schema(db)  # a new file gets the schema, an older one is migrated
+        return db
+    except (sqlite3.Error, OSError) as exc:
+        if conn is not None:
+            conn.close()
+        for f in files:
+            if f not in existed:
+                f.unlink(missing_ok=True)
+            elif f == path and fresh:
+                os.truncate(f, 0)  # it was empty before: leave it so
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        reason, remedy = describe(exc)
+        raise UserError(
+            f"cannot {'create' if fresh else 'open'} the database: {reason}",
+            where=str(path),
+            fix=f"{remedy}, or pass a --db path elsewhere",
+        ) from exc
 
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
