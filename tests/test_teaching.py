@@ -926,6 +926,7 @@ def test_a_teaching_run_killed_mid_way_resumes_to_the_same_tables(tmp_path: Path
         decisions = conn.execute("SELECT count(*) FROM interventions").fetchone()[0]
     assert decisions == db_rows(clean, "SELECT count(*) AS n FROM interventions")[0]["n"]
     # the resumed run ran only what was missing
-    runs = db_rows(killed, "SELECT run_id FROM runs ORDER BY created_at")
+    runs = db_rows(killed, "SELECT run_id, status FROM runs ORDER BY created_at")
+    assert [r["status"] for r in runs] == ["interrupted", "complete"]  # the killed run marked
     by_run = db_rows(killed, "SELECT run_id, count(*) AS n FROM episodes GROUP BY run_id")
     assert {r["run_id"]: r["n"] for r in by_run}[runs[-1]["run_id"]] == total - done

@@ -218,6 +218,12 @@ async def execute(
     try:
         database = open_database(db_path, create=True)
         try:
+            with database.conn:  # we hold the lock: a run still 'running' was killed
+                database.execute(
+                    "UPDATE runs SET status = 'interrupted', finished_at = coalesce("
+                    "finished_at, ?) WHERE status = 'running'",
+                    [utc()],
+                )
             done = prepare_rerun(database, [p.episode_id for p in plans])
         except sqlite3.Error as exc:  # e.g. the disk filled up since the last run
             reason, remedy = describe(exc)
