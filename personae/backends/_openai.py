@@ -141,6 +141,7 @@ class OpenAIBackend(Backend):
         self.backend_id = f"openai:{model}" if model else "openai"
         self._structured = structured
         self._api_key_env = api_key_env
+        self._withheld: str | None = None
         for name, value in (("timeout_s", timeout_s), ("connect_timeout_s", connect_timeout_s)):
             if not value > 0:
                 raise UserError(
@@ -171,6 +172,12 @@ class OpenAIBackend(Backend):
         episode = tags.get("episode_id")
         index = next(self._round_robin) if episode is None else zlib.crc32(str(episode).encode())
         return self.endpoints[index % len(self.endpoints)]
+
+    def withhold_credentials(self) -> str | None:
+        env = self._api_key_env
+        self._withheld = env if env and os.environ.get(env) else None
+        self._api_key_env = ""
+        return f"${self._withheld}" if self._withheld else None
 
     async def start(self) -> None:
         async with self._lock:
@@ -288,7 +295,12 @@ class OpenAIBackend(Backend):
         status = resp.status_code
         if status >= 400:
             hint = ""
-            if status in (401, 403):
+            if status in (401, 403) and self._withheld:
+                hint = (
+                    f" (${self._withheld} was not sent: this endpoint comes from a scenario "
+                    "file or database; pass --trust-backend, or give it again with --backend)"
+                )
+            elif status in (401, 403):
                 hint = f" (check the API key in ${self._api_key_env})"
             elif status == 404:
                 hint = " (check the base URL, which ends in /v1, and the model name)"

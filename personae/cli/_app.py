@@ -31,6 +31,17 @@ Imports = Annotated[
 ]
 
 
+#: `--trust-backend`: send credentials to endpoints a scenario file or database names.
+TrustBackend = Annotated[
+    bool,
+    typer.Option(
+        "--trust-backend",
+        help="Send credentials (e.g. $OPENAI_API_KEY) to the endpoints the scenario file or "
+        "database names (by default only a --backend given here gets them).",
+    ),
+]
+
+
 def load_user_code(imports: list[str] | None) -> None:
     """Import what `--import` names (one-line `UserError` when it fails)."""
     from personae.plugins import load_imports
@@ -85,6 +96,7 @@ def run(
         int | None,
         typer.Option(min=1, help="Most turns a plan may hold (default 10,000,000)."),
     ] = None,
+    trust_backend: TrustBackend = False,
     imports: Imports = None,
 ) -> None:
     """Run a scenario and log every turn to SQLite.
@@ -117,6 +129,8 @@ def run(
             resume=resume,
             announce=announce,
             plan_limit=plan_limit,
+            trust_backend=trust_backend,
+            notify=lambda line: err.print(line, markup=False),
         )
     except KeyboardInterrupt:
         if started:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from personae.cli._app import Imports, app, out
+from personae.cli._app import Imports, TrustBackend, app, err, out
 from personae.errors import UserError
 from personae.seeds import parse_seed
 
@@ -71,6 +71,7 @@ def teaching(
         int | None, typer.Option(min=1, help="Episodes in flight (default: the backend's).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    trust_backend: TrustBackend = False,
     imports: Imports = None,
 ) -> None:
     """Run a teacher-student budget experiment and print accuracy vs. budget.
@@ -96,6 +97,8 @@ def teaching(
         imports=imports or (),
         concurrency=concurrency,
         announce=lambda path: out.print(f"database: {path}", markup=False),
+        trust_backend=trust_backend,
+        notify=lambda line: err.print(line, markup=False),
     )
     _print_table(result.table())
     multi = result.multi_turn_table()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from personae.cli._app import Imports, app, load_user_code, out
+from personae.cli._app import Imports, TrustBackend, app, err, load_user_code, out
 
 
 @app.command()
@@ -26,6 +26,7 @@ def judge(
         typer.Option(help="Condition filter AGENT.FIELD=VALUE, e.g. client.style=upset."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    trust_backend: TrustBackend = False,
     imports: Imports = None,
 ) -> None:
     """Rate the episodes of a finished run with a judge: verdicts go into `judgments`.
@@ -41,5 +42,13 @@ def judge(
     check_database(db)
     judge_spec = load_judge_spec(spec)
     chosen = EpisodeFilter(scenario=scenario, status=status, where=tuple(where or ()))
-    result = judge_database(db, judge_spec, backend=backend, chosen=chosen, progress=not quiet)
+    result = judge_database(
+        db,
+        judge_spec,
+        backend=backend,
+        chosen=chosen,
+        progress=not quiet,
+        trust_backend=trust_backend,
+        notify=lambda line: err.print(line, markup=False),
+    )
     out.print(result.line(), markup=False)

@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from personae.cli._app import Imports, app, load_user_code, out
+from personae.cli._app import Imports, TrustBackend, app, err, load_user_code, out
 from personae.errors import UserError
 from personae.replay import Step, VerifyResult
 from personae.store import RunLog
@@ -242,6 +242,7 @@ def replay(
             help="With --fork-at: AGENT.sampling.FIELD=VALUE or AGENT.FIELD=VALUE (persona).",
         ),
     ] = None,
+    trust_backend: TrustBackend = False,
     imports: Imports = None,
 ) -> None:
     """Step through a logged episode, re-execute it exactly (--verify), or fork it.
@@ -274,7 +275,10 @@ def replay(
     if fork_at is not None:
         from personae.replay import fork_episode
 
-        result = fork_episode(db, episode, fork_at, backend=backend, settings=settings or ())
+        result = fork_episode(
+            db, episode, fork_at, backend=backend, settings=settings or (),
+            trust_backend=trust_backend, notify=lambda line: err.print(line, markup=False),
+        )  # fmt: skip
         out.print(result.line(), markup=False)
         out.print(
             f"compare: personae show {db} --compare {result.parent_episode_id} {result.episode_id}",

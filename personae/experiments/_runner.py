@@ -212,6 +212,8 @@ async def arun_teaching(
     imports: Sequence[str] = (),
     announce: Callable[[Path], None] | None = None,
     concurrency: int | None = None,
+    trust_backend: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> TeachingResult:
     """Async form of `run_teaching`."""
     load_imports(imports, where="--import")
@@ -236,6 +238,8 @@ async def arun_teaching(
         progress=progress,
         announce=announce,
         concurrency=concurrency,
+        trusted=trust_backend or backend is not None,
+        notify=notify,
     )
     result = study.result
     assert isinstance(result, TeachingResult)
@@ -259,7 +263,8 @@ def run_teaching(scenario: str | Path | TeachingScenario, **options: Any) -> Tea
             both agents), `items` (use the first N test items), `seeds` (override the
             scenario's), `progress` (a progress bar), `imports` (Python files or modules with
             your own roles or intervention functions), `concurrency` (episodes in flight;
-            default: the backends' parallelism).
+            default: the backends' parallelism), `trust_backend` (send credentials to
+            endpoints the scenario file or database names; a `backend` given here gets them).
 
     Returns:
         A `TeachingResult` with the accuracy curves, multi-turn rows and raw outcomes.

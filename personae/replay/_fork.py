@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,8 @@ async def afork_episode(
     *,
     backend: str | None = None,
     settings: Sequence[str] = (),
+    trust_backend: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> ForkResult:
     """Async form of `fork_episode`."""
     path = Path(db)
@@ -194,7 +196,8 @@ async def afork_episode(
     fork = ForkStudy(study, fork_plan, path, setup.episode_id, kept, kept_calls)
     parent = {"parent_episode_id": setup.episode_id, "fork_turn": fork_turn}
     try:
-        result = await execute(fork, db=path, extra_rows=lambda _: parent)
+        result = await execute(fork, db=path, extra_rows=lambda _: parent,
+                               trusted=trust_backend or bool(backend), notify=notify)  # fmt: skip
     finally:
         await fork.recorded.close()
     with RunLog(path) as log:
@@ -210,6 +213,8 @@ def fork_episode(
     *,
     backend: str | None = None,
     settings: Sequence[str] = (),
+    trust_backend: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> ForkResult:
     """Fork a logged episode at turn `fork_turn` and run the continuation.
 
@@ -219,6 +224,9 @@ def fork_episode(
         fork_turn: K: turns 0..K-1 are the parent's, the graph continues live from turn K.
         backend: Backend spec for the continuation (default: the run's, as stored).
         settings: `AGENT.sampling.FIELD=VALUE` / `AGENT.FIELD=VALUE` overrides.
+        trust_backend: Send credentials to the endpoint the database names (a `backend` given
+            here always gets them).
+        notify: Called with one-line notes (credentials withheld).
 
     Returns:
         A `ForkResult` naming the new episode.
@@ -226,4 +234,14 @@ def fork_episode(
     Raises:
         UserError: unknown episode, fork turn out of range, bad setting or backend spec.
     """
-    return asyncio.run(afork_episode(db, episode, fork_turn, backend=backend, settings=settings))
+    return asyncio.run(
+        afork_episode(
+            db,
+            episode,
+            fork_turn,
+            backend=backend,
+            settings=settings,
+            trust_backend=trust_backend,
+            notify=notify,
+        )
+    )

@@ -20,7 +20,7 @@ replaces its earlier verdicts. Nothing else in the database changes. A judge fil
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -126,6 +126,8 @@ async def ajudge_database(
     chosen: EpisodeFilter | None = None,
     concurrency: int | None = None,
     progress: bool = False,
+    trust_backend: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> JudgeResult:
     """Async form of `judge_database`."""
     from personae.export import EpisodeFilter, select_episodes  # export reads replay: no cycle
@@ -139,6 +141,12 @@ async def ajudge_database(
     observes = spec.judge.observes
     _check_observed(observes, histories, judge)
     engine = create_backend(backend or spec.backend, {} if backend else spec.backend_options)
+    held = None if trust_backend or backend else engine.withhold_credentials()
+    if held and notify is not None:
+        notify(
+            f"note: {held} is not sent to {spec.backend.partition('?')[0]}: the endpoint "
+            "comes from the judge file (pass --trust-backend, or give it again with --backend)"
+        )
     cls = get_judge(spec.judge.role)
     persona = cls.persona_model.model_validate(spec.judge.persona)
     lock = RunLock(path)  # judging writes the database: no run may write it meanwhile
@@ -270,7 +278,8 @@ def judge_database(db: str | Path, judge: str | Path | JudgeSpec, **options: Any
         db: The run database (verdicts are added to it).
         judge: A judge file (see the module docstring) or a `JudgeSpec`.
         **options: `backend` (a spec overriding the file's), `chosen` (an `EpisodeFilter`;
-            default every complete episode), `concurrency`, `progress`.
+            default every complete episode), `concurrency`, `progress`, `trust_backend`
+            (send credentials to the endpoint the file names), `notify` (one-line notes).
 
     Returns:
         A `JudgeResult` with counts and the mean score.

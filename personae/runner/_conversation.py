@@ -300,6 +300,8 @@ async def arun(
     imports: Sequence[str] = (),
     announce: Any = None,
     plan_limit: int | None = None,
+    trust_backend: bool = False,
+    notify: Any = None,
 ) -> RunResult:
     """Async form of `run`."""
     load_imports(imports, where="--import")
@@ -331,6 +333,8 @@ async def arun(
         stop_when=stop_when,
         cache=cache,
         announce=announce,
+        trusted=trust_backend or backend is not None,
+        notify=notify,
     )
 
 
@@ -350,6 +354,9 @@ def run(scenario: str | Path | Scenario | None = None, **options: Any) -> RunRes
             (Python files or modules to import first). Rerunning into a database skips
             complete episodes and restarts unfinished ones from turn 0. `plan_limit`: most
             turns (episodes times max_turns) a plan may hold (default 10,000,000).
+            `trust_backend`: send credentials (e.g. `$OPENAI_API_KEY`) to endpoints named by
+            the scenario file or the database; without it only a `backend` given here gets
+            them.
 
     Returns:
         A `RunResult` with counts, tokens and the database path.

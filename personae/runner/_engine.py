@@ -91,9 +91,13 @@ class RunBackends:
     """One backend instance per distinct (spec, options), shared by every agent that names it;
     or one caller-owned instance for every agent."""
 
-    def __init__(self, study: Study, instance: Backend | None = None) -> None:
+    def __init__(
+        self, study: Study, instance: Backend | None = None, *, trusted: bool = True
+    ) -> None:
         self.by_spec: dict[str, Backend] = {}
         self.for_agent: dict[str, Backend] = {}
+        #: (backend, what it does not send): specs the user did not vouch for get no credentials
+        self.withheld: list[tuple[str, str]] = []
         self._owned = instance is None
         specs = study.backend_specs()
         if instance is not None:  # a caller-owned engine serves every agent
@@ -104,6 +108,8 @@ class RunBackends:
             key = json.dumps([spec, options], sort_keys=True, default=str)
             if key not in self.by_spec:
                 self.by_spec[key] = create_backend(spec, options)
+                if not trusted and (held := self.by_spec[key].withhold_credentials()):
+                    self.withheld.append((spec.partition("?")[0], held))
             self.for_agent[name] = self.by_spec[key]
 
     async def start(self) -> None:
@@ -180,6 +186,8 @@ async def execute(
     cache: bool | str | Path = False,
     announce: Callable[[Path], None] | None = None,
     extra_rows: Callable[[EpisodePlan], dict[str, Any]] | None = None,
+    trusted: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run every episode of `study` not yet complete in `db`, and log everything.
 
@@ -193,6 +201,9 @@ async def execute(
         cache: True or a path: reuse replies to identical requests from a response cache.
         announce: Called with the database path once the engines are up, before any row.
         extra_rows: More `episodes` columns for a planned episode (e.g. a fork's parent).
+        trusted: False when the study's backend specs came from a scenario file or database the
+            user has not vouched for: no credentials are sent to them.
+        notify: Called with one-line notes for the user (credentials withheld).
 
     Raises:
         UserError: a bad database file or backend spec; raised before any run row is written.
@@ -200,7 +211,13 @@ async def execute(
     plans = study.plan()
     db_path = Path(db) if db is not None else default_db_path(study.name)
     check_database(db_path, for_writing=True)
-    backends = RunBackends(study, backend)
+    backends = RunBackends(study, backend, trusted=trusted)
+    for spec, held in backends.withheld:
+        if notify is not None:
+            notify(
+                f"note: {held} is not sent to {spec}: the endpoint comes from a scenario file "
+                "or database (pass --trust-backend, or give it again with --backend)"
+            )
     run_id = uuid.uuid4().hex[:12]
     start = time.perf_counter()
     results: list[bool] = []
@@ -218,12 +235,10 @@ async def execute(
     try:
         database = open_database(db_path, create=True)
         try:
-            with database.conn:  # we hold the lock: a run still 'running' was killed
-                database.execute(
-                    "UPDATE runs SET status = 'interrupted', finished_at = coalesce("
-                    "finished_at, ?) WHERE status = 'running'",
-                    [utc()],
-                )
+            # we hold the lock: a run still 'running' was killed (marked below, by the writer)
+            stale = [
+                r[0] for r in database.execute("SELECT run_id FROM runs WHERE status = 'running'")
+            ]
             done = prepare_rerun(database, [p.episode_id for p in plans])
         except sqlite3.Error as exc:  # e.g. the disk filled up since the last run
             reason, remedy = describe(exc)
@@ -239,6 +254,8 @@ async def execute(
             outcomes: dict[str, Any] = log.outcomes(sorted(done)) if done else {}
         width = concurrency or backends.parallelism
         async with TurnLogWriter(db_path) as writer, AsyncExitStack() as stack:
+            for stale_id in stale:
+                writer.upsert("runs", {"run_id": stale_id, "status": "interrupted"})
             _log_run_start(writer, run_id, study, backends, todo, extra_rows)
             await writer.flush()  # the run row is committed before the first episode starts
             responses = None
