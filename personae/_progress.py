@@ -1,4 +1,5 @@
-"""The live progress display of a run: episodes done/failed, turns/s and generated tok/s."""
+"""The live progress display of a run: episodes done/failed, turns/s and generated tok/s, and a
+note when the backend stops answering (`CallWatch` keeps the model calls in flight)."""
 
 from __future__ import annotations
 
@@ -24,11 +25,16 @@ class RunProgress:
             TextColumn("{task.fields[failed]}"),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
+            TextColumn("[yellow]{task.fields[note]}"),
             console=Console(stderr=True),
             disable=not enabled,
             transient=False,
         )
-        self._task = self._bar.add_task("running", total=total, failed="", rate="")
+        self._task = self._bar.add_task("running", total=total, failed="", rate="", note="")
+        self.enabled = enabled
+        self._noted = False
+        #: The run's model calls in flight (episodes report to it).
+        self.watch = CallWatch()
 
     def __enter__(self) -> RunProgress:
         self._bar.__enter__()
@@ -54,3 +60,36 @@ class RunProgress:
     def episode_done(self, failed: bool) -> None:
         self.failed += failed
         self._refresh(advance=1)
+
+    def note(self, text: str) -> None:
+        """Show `text` beside the bar ("" clears it); without a bar, print it once on stderr."""
+        if not self.enabled:
+            if text and not self._noted:  # once, not every time the note is refreshed
+                Console(stderr=True).print(f"note: {text}", markup=False, highlight=False)
+            self._noted = bool(text)
+            return
+        self._bar.update(self._task, note=text)
+
+
+class CallWatch:
+    """The model calls in flight and when each began, to tell when a backend stops answering."""
+
+    def __init__(self) -> None:
+        self._since: dict[int, float] = {}
+        self._next = 0
+
+    def begin(self) -> int:
+        """A call starts; returns its token for `end`."""
+        self._next += 1
+        self._since[self._next] = time.monotonic()
+        return self._next
+
+    def end(self, token: int) -> None:
+        """The call with `token` is over (answered or failed)."""
+        self._since.pop(token, None)
+
+    def stalled(self) -> tuple[float, int]:
+        """(seconds the oldest call in flight has waited, calls in flight)."""
+        if not self._since:
+            return 0.0, 0
+        return time.monotonic() - min(self._since.values()), len(self._since)

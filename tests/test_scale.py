@@ -17,7 +17,13 @@ from typing import Any
 from conftest import base_scenario
 
 import personae
-from personae.backends import Backend, GenerationRequest, GenerationResult, register_backend
+from personae.backends import (
+    Backend,
+    GenerationRequest,
+    GenerationResult,
+    ScriptedBackend,
+    register_backend,
+)
 
 
 def _turn_log_is_complete(db: Path) -> list[str]:
@@ -189,3 +195,20 @@ def test_cache_serves_identical_requests_in_a_later_run(
     # a different seed changes every request, so nothing is served from the cache
     third = personae.run(scenario, db=tmp_path / "three.db", cache=True, seed=99)
     assert third.cache_hits == 0
+
+
+def test_a_backend_that_stops_answering_is_named_while_the_run_waits(
+    write_scenario: Callable[..., Path], tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    """A call that has waited past the threshold shows up as a note ("... is not answering")
+    while the run goes on (without a progress bar: one line on stderr per wait)."""
+    import personae.runner._engine as engine
+
+    monkeypatch.setattr(engine, "STALL_S", 0.3)
+    slow = ScriptedBackend(latency_s=1.2)
+    result = personae.run(write_scenario(repeats=1), db=tmp_path / "slow.db", backend=slow)
+    assert result.failed == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    # each slow call is named once (the note is not repeated while the same wait goes on)
+    assert 1 <= len(notes) <= result.turns
+    assert all("scripted is not answering: 1 calls waiting" in n for n in notes)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from personae._progress import CallWatch
 from personae.agents import Agent, Utterance
 from personae.agents._base import LineKind
 from personae.backends import Backend, BackendError, GenerationRequest, GenerationResult
@@ -127,6 +128,8 @@ class Episode:
     judgments: list[tuple[int | None, str, Judgment]] = field(default_factory=list)
     lineage: str = ""
     prefix: Sequence[Turn] = ()
+    #: Model calls in flight, watched by the runner to say when a backend stops answering.
+    watch: CallWatch | None = None
     _lines: int = 0  # spoken lines so far (an agent's fixed opening is for the first one)
     _pending: list[asyncio.Task[Judgment]] = field(default_factory=list)
 
@@ -431,13 +434,26 @@ class Episode:
             return hit, 0, True
         deadline = time.monotonic() + self.deadline_s
         retries = getattr(backend, "retries", None) or self.retries
+        token = self.watch.begin() if self.watch is not None else 0
+        try:
+            result, attempts = await self._attempts(backend, request, deadline, retries)
+        finally:
+            if self.watch is not None:
+                self.watch.end(token)
+        if self.cache is not None:
+            self.cache.put(key, backend.backend_id, result)
+        return result, attempts, False
+
+    async def _attempts(
+        self, backend: Backend, request: GenerationRequest, deadline: float, retries: int
+    ) -> tuple[GenerationResult, int]:
+        """Attempts until one succeeds, an error no retry can help, or the deadline."""
         attempts = 0
         while True:
             attempts += 1
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    result = await backend.generate(request)
-                break
+                    return await backend.generate(request), attempts
             except _RETRYABLE as exc:
                 left = deadline - time.monotonic()
                 if attempts >= retries or not _retryable(exc) or left <= 0:
@@ -448,9 +464,6 @@ class Episode:
                         ) from exc
                     raise
                 await asyncio.sleep(min(0.2 * 2 ** (attempts - 1), 5.0, max(left, 0.0)))
-        if self.cache is not None:
-            self.cache.put(key, backend.backend_id, result)
-        return result, attempts, False
 
     def _log_call(
         self,

@@ -147,6 +147,7 @@ async def _run_episode(
     lent = Services(services.backends, writer, services.cache, services.stop_when, on_turn)
     job = study.job(plan, lent)
     episode = job.episode
+    episode.watch = progress.watch
     started = utc()
     writer.upsert(
         "episodes", {"episode_id": plan.episode_id, "status": "running", "started_at": started}
@@ -267,6 +268,7 @@ async def execute(
             services = Services(backends.for_agent, writer, responses, stop_when)
             gate = asyncio.Semaphore(max(1, width))
             with RunProgress(len(todo), progress) as bar:
+                watcher = asyncio.ensure_future(_watch_backend(bar, backends.spec))
 
                 async def one(plan: EpisodePlan) -> tuple[bool, Any]:
                     async with gate:
@@ -297,6 +299,7 @@ async def execute(
                         else "partial"
                     )
                 finally:
+                    watcher.cancel()
                     elapsed = time.perf_counter() - start
                     if responses is not None:
                         responses.close()
@@ -331,6 +334,26 @@ async def execute(
         elapsed_s=elapsed,
         status=status,
     )
+
+
+#: Seconds without a reply after which the progress line says the backend is not answering.
+STALL_S = 20.0
+
+
+async def _watch_backend(bar: RunProgress, backend: str) -> None:
+    """Keep a note beside the progress bar while the oldest model call waits past `STALL_S`."""
+    shown = False
+    while True:
+        await asyncio.sleep(min(2.0, STALL_S / 2))
+        waited, calls = bar.watch.stalled()
+        if waited >= STALL_S:
+            bar.note(
+                f"{backend} is not answering: {calls} calls waiting, the oldest {waited:.0f} s"
+            )
+            shown = True
+        elif shown:
+            bar.note("")
+            shown = False
 
 
 def _log_run_start(
