@@ -99,5 +99,18 @@ def db_rows(path: Path, sql: str, *args: Any) -> list[dict[str, Any]]:
         conn.close()
 
 
+def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the command line in this process (as the console script does): (exit code,
+    stdout, stderr)."""
+    from personae.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    captured = capsys.readouterr()
+    code = info.value.code
+    return (0 if code is None else int(code)), captured.out, captured.err
+
+
 def file_snapshot(path: Path) -> bytes | None:
     return path.read_bytes() if path.exists() else None

@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import SCENARIOS, base_scenario, db_rows
+from conftest import SCENARIOS, base_scenario, cli, db_rows
 
 import personae
 from personae import RunLog
 from personae.backends import GenerationRequest, ScriptedBackend, register_backend
-from personae.cli import main
 from personae.judges import JudgeAgent, JudgePersona, Rubric
 from personae.replay import fork_episode, verify_run
 
@@ -77,15 +76,6 @@ def only_episode(db: Path) -> str:
     with RunLog(db) as log:
         (episode,) = [e["episode_id"] for e in log.episodes()]
     return episode
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    captured = capsys.readouterr()
-    code = info.value.code
-    return (0 if code is None else int(code)), captured.out, captured.err
 
 
 # -- live judges -------------------------------------------------------------------------------

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CBT_COUNSELOR, GRIEF_CLIENT, db_rows
+from conftest import CBT_COUNSELOR, GRIEF_CLIENT, cli, db_rows
 
-from personae.cli import main
 from personae.store import SCHEMA_VERSION
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -37,15 +36,6 @@ KEYS = {
     "llm_calls": "call_id",
     "meta": "key",
 }
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    captured = capsys.readouterr()
-    code = info.value.code
-    return (0 if code is None else int(code)), captured.out, captured.err
 
 
 def ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, db_rows
+from conftest import REPO, cli, db_rows
 
 import personae
 from personae import RunLog
@@ -213,16 +213,6 @@ LENGTH_JUDGE_FILE: dict[str, Any] = {
         "persona": {"rubric": {"id": "brevity_v2", "dimensions": [{"name": "brevity"}]}},
     },
 }
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the command line in this process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    captured = capsys.readouterr()
-    code = info.value.code
-    return (0 if code is None else int(code)), captured.out, captured.err
 
 
 def ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -42,6 +42,15 @@ TrustBackend = Annotated[
 ]
 
 
+#: Which episodes a command reads (export, judge): `--scenario`, `--status`, `--where`.
+OnlyScenario = Annotated[str | None, typer.Option(help="Only this scenario's episodes.")]
+OnlyStatus = Annotated[str, typer.Option(help="Only episodes with this status; 'any' for all.")]
+OnlyWhere = Annotated[
+    list[str] | None,
+    typer.Option(help="Condition filter AGENT.FIELD=VALUE, e.g. client.style=upset."),
+]
+
+
 def load_user_code(imports: list[str] | None) -> None:
     """Import what `--import` names (one-line `UserError` when it fails)."""
     from personae.plugins import load_imports

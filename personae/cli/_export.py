@@ -18,7 +18,15 @@ from typing import Annotated
 
 import typer
 
-from personae.cli._app import Imports, app, err, load_user_code
+from personae.cli._app import (
+    Imports,
+    OnlyScenario,
+    OnlyStatus,
+    OnlyWhere,
+    app,
+    err,
+    load_user_code,
+)
 from personae.errors import UserError
 
 
@@ -40,14 +48,9 @@ def export(
     out_path: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output file (default: stdout).")
     ] = None,
-    scenario: Annotated[str | None, typer.Option(help="Only this scenario's episodes.")] = None,
-    status: Annotated[
-        str, typer.Option(help="Only episodes with this status; 'any' for all.")
-    ] = "complete",
-    where: Annotated[
-        list[str] | None,
-        typer.Option(help="Condition filter AGENT.FIELD=VALUE, e.g. client.style=upset."),
-    ] = None,
+    scenario: OnlyScenario = None,
+    status: OnlyStatus = "complete",
+    where: OnlyWhere = None,
     score_key: Annotated[
         str,
         typer.Option(

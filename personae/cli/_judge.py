@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from personae.cli._app import Imports, TrustBackend, app, err, load_user_code, out
+from personae.cli._app import (
+    Imports,
+    OnlyScenario,
+    OnlyStatus,
+    OnlyWhere,
+    TrustBackend,
+    app,
+    err,
+    load_user_code,
+    out,
+)
 
 
 @app.command()
@@ -17,14 +27,9 @@ def judge(
     backend: Annotated[
         str | None, typer.Option(help="Backend spec for the judge (default: the file's).")
     ] = None,
-    scenario: Annotated[str | None, typer.Option(help="Only this scenario's episodes.")] = None,
-    status: Annotated[
-        str, typer.Option(help="Only episodes with this status; 'any' for all.")
-    ] = "complete",
-    where: Annotated[
-        list[str] | None,
-        typer.Option(help="Condition filter AGENT.FIELD=VALUE, e.g. client.style=upset."),
-    ] = None,
+    scenario: OnlyScenario = None,
+    status: OnlyStatus = "complete",
+    where: OnlyWhere = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     trust_backend: TrustBackend = False,
     imports: Imports = None,
