@@ -125,7 +125,6 @@ class Episode:
     outcome: dict[str, Any] | None = None
     #: Why the episode ended, for graphs whose state has no `end_reason`.
     end_reason: str | None = None
-    judgments: list[tuple[int | None, str, Judgment]] = field(default_factory=list)
     lineage: str = ""
     prefix: Sequence[Turn] = ()
     #: Model calls in flight, watched by the runner to say when a backend stops answering.
@@ -332,14 +331,15 @@ class Episode:
 
     # -- observers -----------------------------------------------------------------------------
     async def _after_line(self, turn: int, utterance: Utterance) -> None:
-        if not self.observers or utterance.kind not in ("line", "seed"):
+        """Run the observers that rate `utterance` (a spoken line: seed lines from the scenario
+        and routed feedback are not rated). A routed verdict is awaited, as the conversation
+        goes on with it; the others run in the background until `finish`."""
+        if utterance.kind != "line":
             return
         prefix = list(self.history)
         for observer in self.observers:
             if observer.when != "turn" or utterance.agent not in observer.watches:
                 continue
-            if utterance.kind == "seed":
-                continue  # fixed lines from the scenario are not rated
             if observer.route_to:
                 judgment = await self.judge(observer, turn, prefix)
                 if judgment.valid:
@@ -374,6 +374,9 @@ class Episode:
     async def judge(
         self, observer: Observer, target: int | None, prefix: list[Utterance]
     ) -> Judgment:
+        """`observer`'s verdict on turn `target` (the last line of `prefix`) or, when None, on
+        the whole episode in `prefix`; logged in `judgments` (and its calls in `llm_calls`). An
+        invalid reply is retried up to the judge's `max_attempts`, then recorded as invalid."""
         judge = observer.judge
         line = prefix[-1] if target is not None else None
         at = target if target is not None else max(self.next_turn - 1, 0)
@@ -402,7 +405,6 @@ class Episode:
                 judgment = judge.parse(result.text)
                 if judgment.valid:
                     break
-        self.judgments.append((target, judge.name, judgment))
         if self.writer is not None:
             self.writer.upsert(
                 "judgments",

@@ -234,22 +234,7 @@ async def execute(
         announce(db_path)
     study.on_backends(backends.for_agent)
     try:
-        database = open_database(db_path, create=True)
-        try:
-            # we hold the lock: a run still 'running' was killed (marked below, by the writer)
-            stale = [
-                r[0] for r in database.execute("SELECT run_id FROM runs WHERE status = 'running'")
-            ]
-            done = prepare_rerun(database, [p.episode_id for p in plans])
-        except sqlite3.Error as exc:  # e.g. the disk filled up since the last run
-            reason, remedy = describe(exc)
-            raise UserError(
-                f"cannot prepare the database for this run: {reason}",
-                where=str(db_path),
-                fix=f"{remedy}, then run again",
-            ) from exc
-        finally:
-            database.conn.close()
+        done, stale = _prepare_database(db_path, plans)
         todo = [p for p in plans if p.episode_id not in done]
         with RunLog(db_path) as log:
             outcomes: dict[str, Any] = log.outcomes(sorted(done)) if done else {}
@@ -334,6 +319,24 @@ async def execute(
         elapsed_s=elapsed,
         status=status,
     )
+
+
+def _prepare_database(db_path: Path, plans: Sequence[EpisodePlan]) -> tuple[set[str], list[str]]:
+    """Create or migrate the database and clear the unfinished planned episodes; returns the
+    ids already complete and the runs left `running` (killed: the caller holds the lock)."""
+    database = open_database(db_path, create=True)
+    try:
+        stale = [r[0] for r in database.execute("SELECT run_id FROM runs WHERE status = 'running'")]
+        return prepare_rerun(database, [p.episode_id for p in plans]), stale
+    except sqlite3.Error as exc:  # e.g. the disk filled up since the last run
+        reason, remedy = describe(exc)
+        raise UserError(
+            f"cannot prepare the database for this run: {reason}",
+            where=str(db_path),
+            fix=f"{remedy}, then run again",
+        ) from exc
+    finally:
+        database.conn.close()
 
 
 #: Seconds without a reply after which the progress line says the backend is not answering.
