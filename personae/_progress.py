@@ -72,24 +72,29 @@ class RunProgress:
 
 
 class CallWatch:
-    """The model calls in flight and when each began, to tell when a backend stops answering."""
+    """The model calls in flight and when the backend last answered, to tell a backend that has
+    stopped answering from one that is merely busy (calls queue, but replies keep coming)."""
 
     def __init__(self) -> None:
         self._since: dict[int, float] = {}
         self._next = 0
+        self._last_reply = time.monotonic()
 
     def begin(self) -> int:
         """A call starts; returns its token for `end`."""
         self._next += 1
+        if not self._since:  # nothing was in flight: the silence starts now
+            self._last_reply = time.monotonic()
         self._since[self._next] = time.monotonic()
         return self._next
 
     def end(self, token: int) -> None:
         """The call with `token` is over (answered or failed)."""
         self._since.pop(token, None)
+        self._last_reply = time.monotonic()
 
     def stalled(self) -> tuple[float, int]:
-        """(seconds the oldest call in flight has waited, calls in flight)."""
+        """(seconds without any reply while calls were in flight, calls in flight)."""
         if not self._since:
             return 0.0, 0
-        return time.monotonic() - min(self._since.values()), len(self._since)
+        return time.monotonic() - self._last_reply, len(self._since)

@@ -339,19 +339,20 @@ def _prepare_database(db_path: Path, plans: Sequence[EpisodePlan]) -> tuple[set[
         database.conn.close()
 
 
-#: Seconds without a reply after which the progress line says the backend is not answering.
+#: Seconds without any reply (calls in flight) after which the progress line says the backend
+#: is not answering.
 STALL_S = 20.0
 
 
 async def _watch_backend(bar: RunProgress, backend: str) -> None:
-    """Keep a note beside the progress bar while the oldest model call waits past `STALL_S`."""
+    """Keep a note beside the progress bar while no call has been answered for `STALL_S`."""
     shown = False
     while True:
         await asyncio.sleep(min(2.0, STALL_S / 2))
         waited, calls = bar.watch.stalled()
         if waited >= STALL_S:
             bar.note(
-                f"{backend} is not answering: {calls} calls waiting, the oldest {waited:.0f} s"
+                f"{backend} is not answering: no reply for {waited:.0f} s, {calls} calls waiting"
             )
             shown = True
         elif shown:
