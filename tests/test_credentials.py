@@ -95,8 +95,9 @@ def test_trust_backend_or_the_backend_given_again_sends_the_key(
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     scenario = str(_scenario(tmp_path, server))
-    _run("run", scenario, "--db", str(tmp_path / "a.db"), "-q", "--trust-backend")
+    result = _run("run", scenario, "--db", str(tmp_path / "a.db"), "-q", "--trust-backend")
     assert _Recorder.seen and set(_Recorder.seen) == {f"Bearer {KEY}"}
+    assert f"$OPENAI_API_KEY is sent to {server}" in result.stderr  # it says where keys go
     _Recorder.seen = []
     _run("run", scenario, "--db", str(tmp_path / "b.db"), "-q", "--backend", server)
     assert _Recorder.seen and set(_Recorder.seen) == {f"Bearer {KEY}"}

@@ -158,6 +158,10 @@ class Backend(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine. Safe to call twice."""
 
+    def credentials(self) -> str | None:
+        """What credentials this backend sends (e.g. `$OPENAI_API_KEY`), or None."""
+        return None
+
     def withhold_credentials(self) -> str | None:
         """Send no credentials (the spec came from a file or database the user has not
         vouched for). Returns what is withheld (e.g. `$OPENAI_API_KEY`), or None when this

@@ -173,6 +173,10 @@ class OpenAIBackend(Backend):
         index = next(self._round_robin) if episode is None else zlib.crc32(str(episode).encode())
         return self.endpoints[index % len(self.endpoints)]
 
+    def credentials(self) -> str | None:
+        env = self._api_key_env
+        return f"${env}" if env and os.environ.get(env) else None
+
     def withhold_credentials(self) -> str | None:
         env = self._api_key_env
         self._withheld = env if env and os.environ.get(env) else None

@@ -98,6 +98,8 @@ class RunBackends:
         self.for_agent: dict[str, Backend] = {}
         #: (backend, what it does not send): specs the user did not vouch for get no credentials
         self.withheld: list[tuple[str, str]] = []
+        #: (backend, what it sends): said at the start, so the user sees where keys go
+        self.sent: list[tuple[str, str]] = []
         self._owned = instance is None
         specs = study.backend_specs()
         if instance is not None:  # a caller-owned engine serves every agent
@@ -108,8 +110,11 @@ class RunBackends:
             key = json.dumps([spec, options], sort_keys=True, default=str)
             if key not in self.by_spec:
                 self.by_spec[key] = create_backend(spec, options)
-                if not trusted and (held := self.by_spec[key].withhold_credentials()):
-                    self.withheld.append((spec.partition("?")[0], held))
+                engine, where = self.by_spec[key], spec.partition("?")[0]
+                if not trusted and (held := engine.withhold_credentials()):
+                    self.withheld.append((where, held))
+                elif sent := engine.credentials():
+                    self.sent.append((where, sent))
             self.for_agent[name] = self.by_spec[key]
 
     async def start(self) -> None:
@@ -213,12 +218,14 @@ async def execute(
     db_path = Path(db) if db is not None else default_db_path(study.name)
     check_database(db_path, for_writing=True)
     backends = RunBackends(study, backend, trusted=trusted)
-    for spec, held in backends.withheld:
-        if notify is not None:
+    if notify is not None:
+        for spec, held in backends.withheld:
             notify(
                 f"note: {held} is not sent to {spec}: the endpoint comes from a scenario file "
                 "or database (pass --trust-backend, or give it again with --backend)"
             )
+        for spec, sent in backends.sent:
+            notify(f"note: {sent} is sent to {spec}")
     run_id = uuid.uuid4().hex[:12]
     start = time.perf_counter()
     results: list[bool] = []
