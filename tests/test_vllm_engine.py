@@ -62,3 +62,27 @@ async def test_choices_and_logprobs_on_the_real_engine(model_dir: Path) -> None:
         )
     assert result.text in ("yes", "no")
     assert result.logprobs
+
+
+async def test_a_judges_json_schema_is_decoded_bounded_by_the_real_engine(model_dir: Path) -> None:
+    """A rubric's schema goes to vLLM as the bounded grammar: even a random tiny model at a high
+    temperature returns compact JSON the rubric's model accepts, and stops before max_tokens."""
+    import re
+
+    from personae.backends._structured import json_schema_regex
+    from personae.judges import Rubric
+
+    rubric = Rubric(id="r", rationale=40, dimensions=[{"name": "empathy"}, {"name": "clarity"}])
+    schema = rubric.json_schema()
+    backend = create_backend(f"vllm:{model_dir}{ENGINE}")
+    async with backend:
+        for seed in range(4):
+            result = await backend.generate(
+                GenerationRequest(
+                    prompt="Rate it:", json_schema=schema, max_tokens=200, temperature=1.5,
+                    seed=seed,
+                )
+            )  # fmt: skip
+            assert re.fullmatch(json_schema_regex(schema), result.text), result.text
+            rubric.output_model.model_validate_json(result.text)
+            assert result.finish_reason == "stop"
