@@ -84,9 +84,11 @@ def _run_command(scenario: Path, db: Path) -> list[str]:
 def test_a_second_run_into_the_same_database_is_refused_and_the_first_is_intact(
     write_scenario: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    scenario = write_scenario(repeats=12, backend="scripted?latency_s=0.02")
+    scenario = write_scenario(repeats=12, backend="scripted?latency_s=0.1")
     db = tmp_path / "shared.db"
-    first = subprocess.Popen(_run_command(scenario, db), stderr=subprocess.PIPE, text=True)
+    # two at a time: the first run lasts a few seconds, long enough to be found running
+    slow = [*_run_command(scenario, db), "--concurrency", "2"]
+    first = subprocess.Popen(slow, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while not (tmp_path / "shared.db.lock").exists() and time.monotonic() < deadline:
