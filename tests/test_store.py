@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import db_rows
@@ -428,3 +429,24 @@ def test_episode_key_is_stable_and_depends_on_every_input() -> None:
     ]
     assert key not in variants
     assert len(set(variants)) == len(variants)
+
+
+def test_schema_creation_is_one_transaction(tmp_path: Path, monkeypatch: Any) -> None:
+    """A creation that dies half-way leaves no half schema behind, and the next run simply
+    creates the database (as after a kill -9 during creation)."""
+    import personae.store._schema as schema
+
+    def boom(db: Any) -> None:
+        raise RuntimeError("killed half-way")
+
+    db = tmp_path / "half.db"
+    with monkeypatch.context() as patch:
+        patch.setattr(schema, "_key_interventions", boom)
+        with pytest.raises(RuntimeError):
+            open_database(db, create=True)
+    if db.exists():
+        conn = sqlite3.connect(db)
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+        conn.close()
+    open_database(db, create=True).conn.close()  # nothing to clean up by hand
+    check_database(db)

@@ -175,10 +175,10 @@ _TABLES["response_cache"] = {
     "pk": "key",
 }
 
-_APPEND_ONLY = """
-CREATE TRIGGER IF NOT EXISTS turns_append_only BEFORE UPDATE ON turns
-BEGIN SELECT RAISE(ABORT, 'turns are append-only'); END;
-"""
+_APPEND_ONLY = (
+    "CREATE TRIGGER IF NOT EXISTS turns_append_only BEFORE UPDATE ON turns "
+    "BEGIN SELECT RAISE(ABORT, 'turns are append-only'); END"
+)
 
 
 def primary_key(table: str) -> str:
@@ -280,6 +280,8 @@ def check_database(path: Path, *, for_writing: bool = False) -> None:
             conn.close()
     except sqlite3.DatabaseError as exc:
         raise _unreadable(path, exc) from exc
+    if not tables and for_writing:
+        return  # an empty SQLite file (a creation killed before its one commit): start afresh
     if rows.get("app") != APP:
         if "meta" in tables and not rows and tables <= {"meta", *_TABLES}:
             if runs:
@@ -387,7 +389,13 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
     `judgments` table is new; `interventions` is keyed by a stable `decision_id` (old rows get
     `legacy-ID`) so a resumed run rewrites its decisions instead of duplicating them.
     """
-    with db.conn:
+    conn = db.conn
+    if conn.in_transaction:
+        conn.commit()
+    # one transaction: a creation killed half-way leaves no tables, not half a schema (DDL
+    # outside an explicit transaction would commit table by table)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
         meta = db.table("meta")
         meta.create({"key": str, "value": str}, pk="key", if_not_exists=True)
         for name, spec in _TABLES.items():
@@ -404,11 +412,18 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
         db.table("llm_calls").create_index(["episode_id", "turn_idx"], if_not_exists=True)
         db.table("interventions").create_index(["run_id", "function", "budget"], if_not_exists=True)
         db.table("judgments").create_index(["episode_id", "turn_idx"], if_not_exists=True)
-        db.conn.executescript(_APPEND_ONLY)
-        meta.upsert_all(
-            [{"key": "app", "value": APP}, {"key": "schema_version", "value": str(SCHEMA_VERSION)}],
-            pk="key",
+        conn.execute(_APPEND_ONLY)
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [("app", APP), ("schema_version", str(SCHEMA_VERSION))],
         )
+        if conn.in_transaction:
+            conn.commit()
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
 
 
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "FLOAT"}
