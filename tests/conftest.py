@@ -112,5 +112,46 @@ def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     return (0 if code is None else int(code)), captured.out, captured.err
 
 
+def log_problems(db: Path, *, all_complete: bool = False) -> list[str]:
+    """What is wrong with a turn log: damage, or an episode whose turns are not 0..n_turns-1
+    with one call for each but the scripted opening (only `complete` episodes are checked, or,
+    with `all_complete`, every episode must be complete)."""
+    conn = sqlite3.connect(db)
+    try:
+        problems = []
+        if (check := conn.execute("PRAGMA integrity_check").fetchone()[0]) != "ok":
+            problems.append(f"integrity_check: {check}")
+        for episode_id, status, n_turns in conn.execute(
+            "SELECT episode_id, status, n_turns FROM episodes"
+        ).fetchall():
+            if status != "complete":
+                if all_complete:
+                    problems.append(f"{episode_id}: {status}")
+                continue
+            idx = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT idx FROM turns WHERE episode_id = ? ORDER BY idx", (episode_id,)
+                )
+            ]
+            calls = conn.execute(
+                "SELECT count(*) FROM llm_calls WHERE episode_id = ?", (episode_id,)
+            ).fetchone()[0]
+            if idx != list(range(n_turns or 0)) or calls != len(idx) - 1:
+                problems.append(f"{episode_id}: complete with turns {idx}, {calls} calls")
+        return problems
+    finally:
+        conn.close()
+
+
+def tree_snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every file (bytes) and folder (None) under `folder` (Python's bytecode caches aside)."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(folder.rglob("*"))
+        if "__pycache__" not in p.parts
+    }
+
+
 def file_snapshot(path: Path) -> bytes | None:
     return path.read_bytes() if path.exists() else None

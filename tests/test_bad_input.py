@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CBT_COUNSELOR, GRIEF_CLIENT, base_scenario
+from conftest import CBT_COUNSELOR, GRIEF_CLIENT, base_scenario, tree_snapshot
 
 import personae
 from personae.cli import main
@@ -669,14 +669,6 @@ CASES = [
 ]
 
 
-def _snapshot(folder: Path) -> dict[str, bytes | None]:
-    """Every file (bytes) and folder (None) under `folder`."""
-    return {
-        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
-        for p in sorted(folder.rglob("*"))
-    }
-
-
 def _expand(argv: list[str], env: Env) -> list[str]:
     notes = env.tmp / "notes.txt"
     if any("{notes}" in a for a in argv):
@@ -707,14 +699,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     monkeypatch.chdir(tmp_path)  # a default logs/ folder would land here and be seen
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     argv = _expand(build(env), env)
-    before = _snapshot(tmp_path)
+    before = tree_snapshot(tmp_path)
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         main(argv)
     captured = capsys.readouterr()
     code = info.value.code
     _check(code if isinstance(code, int) else 1, captured.out, captured.err, expected)
-    assert _snapshot(tmp_path) == before
+    assert tree_snapshot(tmp_path) == before
 
 
 def _limit_memory() -> None:  # pragma: no cover - runs in the child
@@ -729,7 +721,7 @@ def test_oversized_plans_are_refused_up_front(
     # in a child process with a memory cap and a timeout: today these hang while memory grows
     env = Env(tmp_path, made)
     argv = build(env)
-    before = _snapshot(tmp_path)
+    before = tree_snapshot(tmp_path)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "personae", *argv],
@@ -743,4 +735,4 @@ def test_oversized_plans_are_refused_up_front(
     except subprocess.TimeoutExpired:
         pytest.fail("no answer within 15 s")
     _check(proc.returncode, proc.stdout, proc.stderr, expected)
-    assert _snapshot(tmp_path) == before
+    assert tree_snapshot(tmp_path) == before

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import base_scenario
+from conftest import base_scenario, tree_snapshot
 
 import personae
 from personae.cli import main
@@ -383,15 +383,6 @@ CASES = [
 ]
 
 
-def _snapshot(folder: Path) -> dict[str, bytes | None]:
-    """Every file (bytes) and folder (None) under `folder`."""
-    return {
-        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
-        for p in sorted(folder.rglob("*"))
-        if "__pycache__" not in p.parts  # Python's own cache of a user file it compiled
-    }
-
-
 @pytest.mark.parametrize(("build", "expected"), CASES)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     build: Build,
@@ -404,7 +395,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     env = Env(tmp_path, made)
     monkeypatch.chdir(tmp_path)  # a default logs/ folder would land here and be seen
     argv = build(env)
-    before = _snapshot(tmp_path)
+    before = tree_snapshot(tmp_path)
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -418,4 +409,4 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert "second line" not in lines[0]  # an error's first line only
     assert "Traceback" not in captured.out + captured.err
     assert "database:" not in captured.out  # no run started
-    assert _snapshot(tmp_path) == before
+    assert tree_snapshot(tmp_path) == before

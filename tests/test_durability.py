@@ -16,38 +16,11 @@ from pathlib import Path
 
 import pytest
 from _mounts import remount, tmpfs
-from conftest import base_scenario
+from conftest import base_scenario, log_problems
 
 import personae
 from personae.cli import main
 from personae.store import StoreFailure, TurnLogWriter, open_database
-
-
-def _log_problems(db: Path) -> list[str]:
-    """What a resume could not repair: damage, or an episode `complete` without all its rows."""
-    conn = sqlite3.connect(db)
-    try:
-        problems = []
-        if (check := conn.execute("PRAGMA integrity_check").fetchone()[0]) != "ok":
-            problems.append(f"integrity_check: {check}")
-        complete = conn.execute(
-            "SELECT episode_id, n_turns FROM episodes WHERE status = 'complete'"
-        ).fetchall()
-        for episode_id, n_turns in complete:
-            idx = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT idx FROM turns WHERE episode_id = ? ORDER BY idx", (episode_id,)
-                )
-            ]
-            calls = conn.execute(
-                "SELECT count(*) FROM llm_calls WHERE episode_id = ?", (episode_id,)
-            ).fetchone()[0]
-            if idx != list(range(n_turns or 0)) or calls != len(idx) - 1:
-                problems.append(f"{episode_id}: complete with turns {idx}, {calls} calls")
-        return problems
-    finally:
-        conn.close()
 
 
 def _statuses(db: Path) -> dict[str, int]:
@@ -137,7 +110,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_a_rerun_recovers_every_epis
         assert line.startswith(f"error: {db}: disk full: ") and "episodes not saved" in line
         assert f"free space, then resume with: personae run --resume {db}" in line
         assert "episodes," not in proc.stdout  # no success summary
-        assert _log_problems(db) == []  # nothing 'complete' with rows missing
+        assert log_problems(db) == []  # nothing 'complete' with rows missing
         saved = _statuses(db).get("complete", 0)
         assert saved < 120
         retry = subprocess.run(proc.args, capture_output=True, text=True, check=False)
@@ -150,7 +123,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_a_rerun_recovers_every_epis
         again = personae.run(scenario, db=db)
         assert again.failed == 0 and again.skipped + again.complete == 120
         assert again.skipped >= saved
-        assert _log_problems(db) == []
+        assert log_problems(db) == []
         assert _statuses(db) == {"complete": 120}
 
 
@@ -215,12 +188,12 @@ def test_an_injected_disk_full_is_one_line_exit_2_and_a_rerun_recovers(
     assert line.startswith(f"error: {db}: disk full: ")
     assert "episodes not saved" in line and f"personae run --resume {db}" in line
     assert "episodes," not in captured.out  # no success summary
-    assert _log_problems(db) == []
+    assert log_problems(db) == []
     assert _statuses(db).get("complete", 0) < 40
     monkeypatch.setattr(writer_module, "connect", real)
     again = personae.run(scenario, db=db)
     assert again.failed == 0 and again.skipped + again.complete == 40
-    assert _statuses(db) == {"complete": 40} and _log_problems(db) == []
+    assert _statuses(db) == {"complete": 40} and log_problems(db) == []
 
 
 # -- kill -9 half-way through a CPU-bound run ------------------------------------------------
@@ -280,7 +253,7 @@ def test_sigkill_during_a_cpu_bound_run_loses_only_the_last_second(
     assert proc.returncode == -signal.SIGKILL, f"the run ended before {fraction:.0%}"
     assert first is not None and count < episodes
     rate = (count - first[0]) / max(killed_at - first[1], 1e-3)  # episodes finished per second
-    assert _log_problems(db) == []
+    assert log_problems(db) == []
     saved = _statuses(db).get("complete", 0)
     # what had finished but was not committed: about a second of work at most
     assert count - saved <= rate * 1.5, (
@@ -293,4 +266,4 @@ def test_sigkill_during_a_cpu_bound_run_loses_only_the_last_second(
         check=False,
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert _statuses(db) == {"complete": episodes} and _log_problems(db) == []
+    assert _statuses(db) == {"complete": episodes} and log_problems(db) == []

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import base_scenario
+from conftest import base_scenario, log_problems
 
 import personae
 from personae.backends import (
@@ -24,32 +24,6 @@ from personae.backends import (
     ScriptedBackend,
     register_backend,
 )
-
-
-def _turn_log_is_complete(db: Path) -> list[str]:
-    """Problems with the log: gaps, duplicates, count mismatches, unfinished episodes."""
-    conn = sqlite3.connect(db)
-    problems = []
-    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    for episode_id, status, n_turns in conn.execute(
-        "SELECT episode_id, status, n_turns FROM episodes"
-    ):
-        idx = [
-            r[0]
-            for r in conn.execute(
-                "SELECT idx FROM turns WHERE episode_id = ? ORDER BY idx", (episode_id,)
-            )
-        ]
-        calls = conn.execute(
-            "SELECT count(*) FROM llm_calls WHERE episode_id = ?", (episode_id,)
-        ).fetchone()[0]
-        if status != "complete":
-            problems.append(f"{episode_id}: {status}")
-        if idx != list(range(n_turns or 0)):
-            problems.append(f"{episode_id}: turns {idx} but n_turns {n_turns}")
-        if calls != len(idx) - 1:  # every turn but the scripted opening has one call
-            problems.append(f"{episode_id}: {calls} calls for {len(idx)} turns")
-    return problems
 
 
 def _turn_count(db: Path) -> int:
@@ -108,7 +82,7 @@ def test_sigkill_at_random_moments_then_resume_loses_and_duplicates_nothing(
         check=False,
     )
     assert finished.returncode == 0, finished.stderr
-    assert _turn_log_is_complete(db) == []
+    assert log_problems(db, all_complete=True) == []
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT count(*) FROM episodes").fetchone()[0] == 40
     assert conn.execute("SELECT count(*) FROM turns").fetchone()[0] == 40 * 8

@@ -52,13 +52,19 @@ class EpisodeSetup:
     @property
     def scenario(self) -> Scenario:
         """The conversation scenario (`UserError` for runs of other kinds)."""
-        if not isinstance(self.study, ConversationStudy):
-            raise UserError(
-                f"this is a {self.study.kind} run, not a conversation scenario",
-                where=f"episode {self.episode_id}",
-                fix="sft/dpo export rebuild agents from conversation scenarios; use jsonl/csv",
-            )
-        return self.study.scenario
+        return conversation_scenario(self.study, f"episode {self.episode_id}")
+
+
+def conversation_scenario(study: Study, where: str) -> Scenario:
+    """`study`'s conversation scenario; `UserError` (at `where`) for studies of other kinds,
+    whose agents sft/dpo export cannot rebuild."""
+    if not isinstance(study, ConversationStudy):
+        raise UserError(
+            f"this is a {study.kind} run, not a conversation scenario",
+            where=where,
+            fix="sft/dpo export rebuild agents from conversation scenarios; use jsonl/csv",
+        )
+    return study.scenario
 
 
 def lineage(log: RunLog, episode_id: str) -> str:
@@ -106,14 +112,7 @@ def is_scenario_run(run: Mapping[str, Any]) -> bool:
 
 def scenario_of_run(log: RunLog, run_id: str) -> Scenario:
     """The conversation scenario a run was started with (`UserError` for other kinds)."""
-    study = study_of_run(log, run_id)
-    if not isinstance(study, ConversationStudy):
-        raise UserError(
-            f"run {run_id} is a {study.kind} run, not a conversation scenario",
-            where=str(log.path),
-            fix="sft/dpo export rebuild agents from conversation scenarios; use jsonl/csv",
-        )
-    return study.scenario
+    return conversation_scenario(study_of_run(log, run_id), f"{log.path}: run {run_id}")
 
 
 def utterances(turns: Sequence[Turn], agents: Mapping[str, Agent]) -> list[Utterance]:
