@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import itertools
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,15 +29,18 @@ from pydantic import (
     SerializeAsAny,
     StrictInt,
     ValidationError,
+    field_validator,
 )
 
+from personae._pools import Member, check_pool_sizes, draw, load_pool, pool_ref
+from personae._shipped import scenarios_dir
 from personae._yaml import load_yaml
 from personae.agents import Sampling, get_role
 from personae.errors import UserError
 from personae.graphs import Cast, GraphKind, GraphOptions, get_graph
 from personae.judges import JudgeAgent
 from personae.plugins import load_imports
-from personae.seeds import Seed
+from personae.seeds import Seed, derive_seed
 from personae.store import episode_key
 from personae.validation import validate_persona, validation_error
 
@@ -50,7 +54,15 @@ class AgentSpec(_Spec):
 
     role: str
     persona: str | dict[str, Any] = Field(
-        description="A persona file (relative to the scenario file) or an inline mapping."
+        description="A persona file (relative to the scenario file), an inline mapping, or "
+        "{pool: NAME, ...fields}: drawn per episode from a pool (the fields added to it)."
+    )
+    count: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Expand into COUNT agents NAME_1..NAME_COUNT with this spec (with a pool, "
+        "each draws its own persona); lists naming NAME name them all.",
     )
     sampling: Sampling = Field(default_factory=Sampling)
     backend: str | None = Field(None, description="Backend spec; default: the scenario's.")
@@ -72,6 +84,35 @@ class AgentSpec(_Spec):
     )
 
 
+class PoolSpec(_Spec):
+    """Personas that agents draw from per episode, without replacement."""
+
+    personas: str | list[dict[str, Any]] = Field(
+        description="A YAML file holding a list of personas, a glob of persona files, or an "
+        "inline list."
+    )
+    draw: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="FIELD: {VALUE: probability, ...}: drawn per agent and episode for "
+        "personas that leave FIELD out (e.g. intent: {troll: 0.3, neutral: 0.7}).",
+    )
+
+    @field_validator("draw")
+    @classmethod
+    def _probabilities(cls, draw: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for key, weights in draw.items():
+            if not weights:
+                raise ValueError(f"draw.{key} lists no values")
+            for value, p in weights.items():
+                if not 0.0 <= p <= 1.0:
+                    raise ValueError(f"draw.{key}.{value}: probability {p} is outside [0, 1]")
+            if abs(sum(weights.values()) - 1.0) > 1e-6:
+                raise ValueError(
+                    f"draw.{key}: probabilities sum to {sum(weights.values()):g}, not 1"
+                )
+        return draw
+
+
 class Scenario(_Spec):
     """A validated scenario file."""
 
@@ -90,6 +131,9 @@ class Scenario(_Spec):
     repeats: StrictInt = Field(1, ge=1)
     episodes: StrictInt | None = Field(None, ge=1, description="Cap on the number of episodes run.")
     agents: dict[str, AgentSpec] = Field(min_length=1)
+    pools: dict[str, PoolSpec] = Field(
+        default_factory=dict, description="Persona pools agents draw from per episode."
+    )
     grid: dict[str, str | list[Any]] = Field(default_factory=dict)
 
     #: Folder that relative persona paths are resolved against (not part of the file).
@@ -108,6 +152,7 @@ class Scenario(_Spec):
             roles={n: a.role for n, a in self.agents.items()},
             labels={n: agent_label(n, a) for n, a in self.agents.items()},
             source=self.source,
+            base_dir=self.base_dir,
         )
 
     def graph_kind(self) -> GraphKind:
@@ -251,9 +296,41 @@ def _parse(data: dict[str, Any], source: str, base_dir: Path) -> Scenario:
         raise validation_error(exc, source, kind.options_model, prefix="graph") from None
     scenario.base_dir = base_dir
     scenario.source = source
+    scenario.agents = _expand_counts(scenario.agents, source)
     _check_agents(scenario)
     scenario.graph_kind()
     return scenario
+
+
+def _expand_counts(agents: dict[str, AgentSpec], source: str) -> dict[str, AgentSpec]:
+    """Agents with `count: N` become NAME_1..NAME_N; `observes`, `audience` and `route_to`
+    lists naming NAME name every one of them."""
+    slots = {
+        name: [f"{name}_{i}" for i in range(1, spec.count + 1)]
+        for name, spec in agents.items()
+        if spec.count is not None
+    }
+    if not slots:
+        return agents
+
+    def expand(names: Any) -> Any:
+        if not isinstance(names, list):
+            return names
+        return [slot for n in names for slot in slots.get(n, [n])]
+
+    expanded: dict[str, AgentSpec] = {}
+    for name, spec in agents.items():
+        update = {key: expand(getattr(spec, key)) for key in ("observes", "audience", "route_to")}
+        spec = spec.model_copy(update={**update, "count": None})
+        for slot in slots.get(name, [name]):
+            if slot in expanded or (slot != name and slot in agents):
+                raise UserError(
+                    f"count: {agents[name].count} names agent {slot!r}, which is defined twice",
+                    where=f"{source}: agents.{name}.count",
+                    fix=f"rename agent {name!r} or the other {slot!r}",
+                )
+            expanded[slot] = spec
+    return expanded
 
 
 def _check_agents(scenario: Scenario) -> None:
@@ -431,6 +508,7 @@ def plan_episodes(
         )
     plans: list[EpisodePlan] = []
     cache: dict[str, BaseModel] = {}
+    pools = _load_pools(scenario)
     combos = list(itertools.product(*(values for _, _, values in axes)))
     for repeat in range(scenario.repeats):
         for combo in combos:
@@ -444,7 +522,12 @@ def plan_episodes(
                 else:
                     overrides[agent][field] = value
             personas: dict[str, BaseModel] = {}
+            condition: dict[str, Any] = {}
             for agent in scenario.agents:
+                if pool_ref(refs[agent]) is not None:  # drawn per episode: not a condition
+                    if overrides[agent]:
+                        condition[agent] = dict(overrides[agent])
+                    continue
                 where = f"{scenario.source}: agents.{agent}.persona"
                 key = repr((agent, refs[agent], sorted(overrides[agent].items())))
                 if key not in cache:
@@ -452,16 +535,23 @@ def plan_episodes(
                         scenario, agent, refs[agent], overrides[agent], where
                     )
                 personas[agent] = cache[key]
-            condition = {
-                agent: {"persona": getattr(p, "id", None), **overrides[agent]}
-                for agent, p in personas.items()
-            }
+                condition[agent] = {"persona": getattr(personas[agent], "id", None),
+                                    **overrides[agent]}  # fmt: skip
+            episode_id = episode_key(scenario.name, condition, scenario.seed, repeat)
+            if pools:
+                rng = random.Random(derive_seed(scenario.seed, episode_id, 0, "pools"))
+                for agent, member in draw(scenario, pools, rng).items():
+                    if pool_ref(refs[agent]) is None:  # the grid gave this agent a persona
+                        continue
+                    fields = {**pool_ref(refs[agent])[1], **overrides[agent]}  # type: ignore[index]
+                    personas[agent] = _pool_persona(scenario, agent, member, fields)
+            personas = {n: personas[n] for n in scenario.agents}
             index = len(plans)
             plans.append(
                 EpisodePlan(
                     index=index,
                     repeat=repeat,
-                    episode_id=episode_key(scenario.name, condition, scenario.seed, repeat),
+                    episode_id=episode_id,
                     condition=condition,
                     personas=personas,
                     seed=scenario.seed,
@@ -470,16 +560,42 @@ def plan_episodes(
     return plans
 
 
+def _load_pools(scenario: Scenario) -> dict[str, list[Member]]:
+    """Every pool's members, each checked against the roles that draw from it (raises
+    `UserError` before any episode is planned)."""
+    pools = {
+        name: load_pool(spec, scenario.base_dir, f"{scenario.source}: pools.{name}")
+        for name, spec in scenario.pools.items()
+    }
+    check_pool_sizes(scenario, pools)
+    checked: set[str] = set()
+    for agent, spec in scenario.agents.items():
+        ref = pool_ref(spec.persona)
+        if ref is None or repr((spec.role, ref)) in checked:
+            continue
+        checked.add(repr((spec.role, ref)))
+        draws = scenario.pools[ref[0]].draw
+        fill = {k: next(iter(w)) for k, w in draws.items()}
+        for member in pools[ref[0]]:
+            _pool_persona(scenario, agent, Member({**fill, **member.data}, member.source), ref[1])
+        for key, weights in draws.items():  # every value a draw can give must fit the role
+            where = f"{scenario.source}: pools.{ref[0]}.draw.{key}"
+            for value in weights:
+                base = next((m.data for m in pools[ref[0]] if key not in m.data), None)
+                if base is not None:
+                    member = Member({**fill, **base, key: value}, where)
+                    _pool_persona(scenario, agent, member, ref[1])
+    return pools
+
+
+def _pool_persona(
+    scenario: Scenario, agent: str, member: Member, fields: dict[str, Any]
+) -> BaseModel:
+    model = get_role(scenario.agents[agent].role).persona_model
+    return validate_persona(model, {**member.data, **fields}, member.source)
+
+
 # -- shipped scenarios ----------------------------------------------------------------------
-
-
-def scenarios_dir() -> Path:
-    """The folder of shipped scenario files (repo checkout or installed wheel)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "scenarios", here / "_shipped_scenarios"):
-        if candidate.is_dir():
-            return candidate
-    return here.parent / "scenarios"
 
 
 def shipped_scenarios() -> list[Path]:

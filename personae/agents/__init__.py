@@ -16,6 +16,12 @@ from personae.agents._base import (
     visible_history,
 )
 from personae.agents._counseling import Client, Counselor
+from personae.agents._discussion import (
+    Facilitator,
+    FacilitatorPersona,
+    Participant,
+    ParticipantPersona,
+)
 from personae.agents._generic import Persona, PersonaAgent
 from personae.agents._personas import (
     STYLE_BEHAVIOUR,
@@ -49,8 +55,12 @@ __all__ = [
     "CoreBeliefs",
     "Counselor",
     "CounselorPersona",
+    "Facilitator",
+    "FacilitatorPersona",
     "Item",
     "LineKind",
+    "Participant",
+    "ParticipantPersona",
     "Persona",
     "PersonaAgent",
     "Sampling",

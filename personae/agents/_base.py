@@ -145,7 +145,7 @@ class Agent:
         self.persona = persona
         self.sampling = sampling or Sampling()
         self.render_mode: RenderMode = render_mode
-        self.label = label or default_label(name)
+        self.label = label or self.persona_label() or default_label(name)
         self.window = window
         self.multi_party = multi_party
         self.audience: tuple[str, ...] | None = tuple(audience) if audience is not None else None
@@ -175,6 +175,16 @@ class Agent:
     def is_farewell(self, text: str) -> bool:
         """True when `text` ends the conversation from this agent's side."""
         return False
+
+    def persona_label(self) -> str | None:
+        """A speaker tag taken from the persona (e.g. a username), used when the scenario sets
+        no label; None: the tag comes from the agent's name."""
+        return None
+
+    def takes_turns(self) -> bool:
+        """Whether this agent speaks in this episode (a facilitator whose strategy is `none`
+        does not: the graph then never gives it the turn)."""
+        return True
 
     def hidden_state(self) -> dict[str, Any]:
         """Private per-turn state to log next to the visible text (hidden from others)."""

@@ -306,11 +306,12 @@ def scenarios(imports: Imports = None) -> None:
     turn policies, roles, judges and backends (yours too, with --import)."""
     import yaml
 
+    from personae._shipped import scenarios_dir
     from personae.agents import role_names
     from personae.backends._registry import BACKENDS
     from personae.graphs import GRAPHS, POLICIES
     from personae.judges import JUDGES
-    from personae.scenario import scenarios_dir, shipped_scenarios
+    from personae.scenario import shipped_scenarios
 
     load_user_code(imports)
     table = Table(title=f"scenarios in {scenarios_dir()}", title_justify="left")

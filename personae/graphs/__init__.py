@@ -1,13 +1,15 @@
 """LangGraph state machines, one module per interaction shape, registered by kind.
 
-Built in: `dyadic` (two agents, strict alternation) and `group` (N agents, a turn policy, an
-optional topology); the teaching experiment's item graphs live here too. Add your own with
-`@register_graph`. Every graph runs with an `Episode` as its LangGraph context: agents,
-backends, the in-memory history, the observers and the turn-log writer.
+Built in: `dyadic` (two agents, strict alternation), `group` (N agents, a turn policy, an
+optional topology) and `discussion` (participants under a turn policy, a facilitator after every
+comment, seed comments drawn from a pool); the teaching experiment's item graphs live here
+too. Add your own with `@register_graph`. Every graph runs with an `Episode` as its LangGraph
+context: agents, backends, the in-memory history, the observers and the turn-log writer.
 """
 
 from personae.graphs import _teaching  # noqa: F401 - registers the teaching graph kinds
 from personae.graphs._conversation import ConversationOptions, SeedLine
+from personae.graphs._discussion import Discussion, DiscussionOptions
 from personae.graphs._dyadic import Dyadic, DyadicOptions, DyadicState, build_dyadic_graph
 from personae.graphs._episode import (
     EMPTY_UTTERANCE,
@@ -43,6 +45,8 @@ __all__ = [
     "Cast",
     "ConversationOptions",
     "Decision",
+    "Discussion",
+    "DiscussionOptions",
     "Dyadic",
     "DyadicOptions",
     "DyadicState",

@@ -27,7 +27,7 @@ from personae.graphs._conversation import (
     say_seed_lines,
 )
 from personae.graphs._episode import Episode
-from personae.graphs._policies import POLICIES, TurnContext, TurnPolicy
+from personae.graphs._policies import POLICIES, Decision, TurnContext, TurnPolicy
 from personae.graphs._registry import GraphKind, register_graph
 from personae.graphs._topology import TopologySpec, build_topology, parse_topology
 from personae.seeds import derive_seed
@@ -126,11 +126,35 @@ def make_policy(
     return cls(options, speakers, topology, where)
 
 
+async def choose_speaker(
+    episode: Episode, speakers: tuple[str, ...], policy: TurnPolicy
+) -> Decision:
+    """The turn policy's choice of the next speaker among `speakers`, within its topology of
+    whoever spoke last (a seed line's speaker included), with a random generator derived from
+    (run seed, lineage, turn), so a replay or a fork draws the same."""
+    previous = [
+        u.agent for u in episode.history if u.kind in ("line", "pass") and u.agent in speakers
+    ]
+    spoken = [u.agent for u in episode.history if u.kind != "feedback" and u.agent in speakers]
+    last = spoken[-1] if spoken else None
+    topology = policy.topology
+    candidates = tuple(n for n in speakers if topology.has_edge(last, n)) if last else speakers
+    turn = episode.next_turn
+    rng = random.Random(derive_seed(episode.run_seed, episode.lineage, turn, "turn-policy"))
+    decision = await policy.choose(TurnContext(speakers, candidates, previous, turn, rng,
+                                               episode, last))  # fmt: skip
+    if decision.speaker not in candidates:
+        raise RuntimeError(
+            f"turn policy {policy.name!r} chose {decision.speaker!r}, who may not speak "
+            f"now (candidates: {', '.join(candidates)})"
+        )
+    return decision
+
+
 def build_group_graph(
     speakers: tuple[str, ...], options: GroupOptions, policy: TurnPolicy
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """Compile the graph; run it with `ainvoke(Group.input(...), context=episode)`."""
-    topology = policy.topology
     pass_token = options.pass_token if options.allow_pass else None
     max_passes = options.max_passes_in_a_row or len(speakers)
 
@@ -139,24 +163,7 @@ def build_group_graph(
         return {}
 
     async def select(state: GroupState, runtime: Runtime[Episode]) -> dict[str, Any]:
-        episode = runtime.context
-        previous = [
-            u.agent for u in episode.history if u.kind in ("line", "pass") and u.agent in speakers
-        ]
-        # the topology follows whoever spoke last, a seed line's speaker included
-        spoken = [u.agent for u in episode.history if u.kind != "feedback" and u.agent in speakers]
-        last = spoken[-1] if spoken else None
-        candidates = tuple(n for n in speakers if topology.has_edge(last, n)) if last else speakers
-        turn = episode.next_turn
-        rng_seed = derive_seed(episode.run_seed, episode.lineage, turn, "turn-policy")
-        rng = random.Random(rng_seed)
-        ctx = TurnContext(speakers, candidates, previous, turn, rng, episode, last)
-        decision = await policy.choose(ctx)
-        if decision.speaker not in candidates:
-            raise RuntimeError(
-                f"turn policy {policy.name!r} chose {decision.speaker!r}, who may not speak "
-                f"now (candidates: {', '.join(candidates)})"
-            )
+        decision = await choose_speaker(runtime.context, speakers, policy)
         return {"speaker": decision.speaker, "decision": decision.json()}
 
     async def speak(state: GroupState, runtime: Runtime[Episode]) -> dict[str, Any]:

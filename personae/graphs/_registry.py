@@ -13,6 +13,7 @@ import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, ClassVar
 
 from langchain_core.runnables import RunnableConfig
@@ -41,6 +42,7 @@ class Cast:
         roles: Role of every agent, by name.
         labels: Speaker tag of every agent, by name.
         source: Where the scenario came from, for error messages.
+        base_dir: The folder that files named in graph options are relative to.
     """
 
     speakers: tuple[str, ...]
@@ -48,6 +50,7 @@ class Cast:
     roles: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     source: str = "scenario"
+    base_dir: Path = Path(".")
 
     def where(self, key: str) -> str:
         """`SOURCE: graph.KEY`, for errors about an option."""

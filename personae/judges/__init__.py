@@ -7,6 +7,7 @@ decoding; its verdicts go into the `judgments` table, never into the conversatio
 (`route_to: [learner]`) as a private line. `judge_database` applies a judge to a finished run.
 """
 
+from personae.judges._annotators import Annotator, AnnotatorPersona, ProfanityCheck
 from personae.judges._judge import (
     JUDGES,
     JudgeAgent,
@@ -19,10 +20,13 @@ from personae.judges._rubric import Dimension, Rubric
 
 __all__ = [
     "JUDGES",
+    "Annotator",
+    "AnnotatorPersona",
     "Dimension",
     "JudgeAgent",
     "JudgePersona",
     "Judgment",
+    "ProfanityCheck",
     "Rubric",
     "get_judge",
     "register_judge",

@@ -103,8 +103,11 @@ class JudgeAgent(Agent):
         ]
         return seen[-self.window :] if self.window else seen
 
+    def intro(self) -> str:
+        """Who the judge is: the first part of its system prompt."""
+        return self.judge_persona.description.strip()
+
     def system_prompt(self) -> str:
-        p = self.judge_persona
         fmt = (
             "Reply with the label only."
             if self.rubric.kind == "codes"
@@ -112,7 +115,7 @@ class JudgeAgent(Agent):
             + ("a short rationale first, then " if self.rubric.rationale else "")
             + "an integer per dimension."
         )
-        parts = [p.description.strip(), self.rubric.text(), fmt]
+        parts = [self.intro(), self.rubric.text(), fmt]
         return "\n".join(x for x in parts if x)
 
     def _ask(self, target: Utterance | None) -> str:
