@@ -3,8 +3,8 @@
     START → open → select ⇄ comment → facilitate? → END
 
 `open` logs the scenario's seed lines, then one or two seed comments drawn from a pool (from the
-episode's lineage seed), each posted by a different participant drawn the same way: turns with no model
-call, which judges do not rate. `select` asks the turn policy (default `respond`, p = 0.4) for the
+episode's lineage seed), each posted by a different participant drawn the same way: turns with no
+model call, which judges do not rate. `select` asks the turn policy (default `respond`, p = 0.4) for the
 next participant — the facilitator is never among them — and `comment` has it write. After every
 non-empty comment the facilitator, when there is one and its strategy is not `none`, gets the turn
 and may abstain with the pass token: a `pass` turn, logged, shown to nobody. The episode ends after
