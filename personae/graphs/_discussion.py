@@ -4,8 +4,8 @@
 
 `open` logs the scenario's seed lines, then one or two seed comments drawn from a pool (from the
 episode's lineage seed), each posted by a different participant drawn the same way: turns with no
-model call, which judges do not rate. `select` asks the turn policy (default `respond`, p = 0.4) for the
-next participant — the facilitator is never among them — and `comment` has it write. After every
+model call, which judges do not rate. `select` asks the turn policy (default `respond`, p = 0.4) for
+the next participant — the facilitator is never among them — and `comment` has it write. After every
 non-empty comment the facilitator, when there is one and its strategy is not `none`, gets the turn
 and may abstain with the pass token: a `pass` turn, logged, shown to nobody. The episode ends after
 `max_turns` participant comments (the facilitator's reply to the last one included).
