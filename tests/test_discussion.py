@@ -386,3 +386,42 @@ def test_a_real_discussion_with_a_facilitator_and_an_annotator(
         parsed = json.loads(j["parsed_json"])
         assert 1 <= parsed["toxicity"] <= 5 and 1 <= parsed["argument_quality"] <= 5
     assert {j["judge"] for j in judged} == {"annotator_1", "toxicity_baseline"}
+
+
+def test_annotators_rate_a_finished_discussion_afterwards(
+    write_scenario: WriteScenario, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`personae judge` with `count` and a persona pool: several annotators, each drawn per
+    episode, rate every comment of a database that ran without them, seeing the usernames."""
+    db = _run(write_scenario, tmp_path, discussion(annotators=0))
+    rubric = SHIPPED["agents"]["annotator"]["persona"]["rubric"]
+    spec = {
+        "name": "rater",
+        "backend": "scripted",
+        "pools": {"people": {"personas": str(DATA / "annotators.yaml")}},
+        "judge": {
+            "role": "annotator",
+            "count": 3,
+            "observes": "all",
+            "window": 4,
+            "persona": {"pool": "people", "rubric": rubric},
+        },
+    }
+    judge_file = write_scenario(spec, name="raters.yaml")
+    code, out, err = cli(["judge", str(db), str(judge_file)], capsys)
+    assert code == 0, err
+    ((episode_id, turns),) = episodes(db).items()
+    lines = [t for t in turns if t.kind == "line"]
+    rows = db_rows(db, "SELECT judge, turn_idx, valid FROM judgments")
+    assert {(r["judge"], r["turn_idx"]) for r in rows} == {
+        (f"rater_{i}", t.idx) for i in (1, 2, 3) for t in lines
+    }
+    personas = json.loads(db_rows(db, "SELECT personas_json FROM episodes")[0]["personas_json"])
+    prompts = [c["prompt"] for c in calls(db, episode_id) if c["agent"] == "rater_1"]
+    speaker = personas[lines[0].agent]["username"]
+    assert any(f"{speaker}: " in p for p in prompts)
+    # a judge count without a pool is an error
+    del spec["pools"]
+    spec["judge"]["persona"] = {"rubric": rubric}
+    code, _, err = cli(["judge", str(db), str(write_scenario(spec, name="bad.yaml"))], capsys)
+    assert code == 2 and "count needs a persona pool" in err

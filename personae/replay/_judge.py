@@ -20,6 +20,8 @@ replaces its earlier verdicts. Nothing else in the database changes. A judge fil
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +29,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from personae._pools import load_pool, pool_ref
 from personae._progress import RunProgress
-from personae.agents import Utterance, default_label
+from personae.agents import Agent, Utterance, default_label, get_role
 from personae.backends import create_backend
 from personae.errors import UserError
 from personae.graphs import Episode, Observer
 from personae.judges import JudgeAgent, Judgment, get_judge
 from personae.plugins import load_imports
-from personae.scenario import AgentSpec, _read_yaml
-from personae.seeds import Seed
+from personae.scenario import AgentSpec, PoolSpec, _read_yaml
+from personae.seeds import Seed, derive_seed
 from personae.store import RunLock, RunLog, Turn, TurnLogWriter, open_database
 from personae.validation import validate_persona, validation_error
 
@@ -55,7 +58,15 @@ class JudgeSpec(BaseModel):
     backend_options: dict[str, Any] = Field(default_factory=dict)
     render: Literal["transcript", "chat"] | None = None
     seed: Seed = 0
+    pools: dict[str, PoolSpec] = Field(
+        default_factory=dict, description="Persona pools (persona: {pool: NAME, ...})."
+    )
     judge: AgentSpec
+
+    def names(self) -> list[str]:
+        """The judges' agent names: NAME, or NAME_1..NAME_N with `count: N`."""
+        count = self.judge.count
+        return [self.name] if count is None else [f"{self.name}_{i}" for i in range(1, count + 1)]
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,13 @@ def load_judge_spec(path: str | Path) -> JudgeSpec:
                         where=f"{path}: judge.route_to",
                         fix="remove it (a scenario's own judges can route verdicts)")  # fmt: skip
     persona = spec.judge.persona
+    if (ref := pool_ref(persona)) is not None:
+        _check_pool(spec, cls, ref, path)
+        return spec
+    if spec.judge.count is not None:
+        raise UserError("count needs a persona pool: every judge needs its own persona",
+                        where=f"{path}: judge.count",
+                        fix="add pools: and persona: {pool: NAME}, or remove count")  # fmt: skip
     if isinstance(persona, str):
         file = Path(persona) if Path(persona).is_absolute() else path.resolve().parent / persona
         loaded = _read_yaml(file, "judge persona file")
@@ -116,6 +134,42 @@ def load_judge_spec(path: str | Path) -> JudgeSpec:
                 .model_dump(mode="json")}
     )  # fmt: skip
     return spec
+
+
+def _check_pool(
+    spec: JudgeSpec, cls: type[JudgeAgent], ref: tuple[str, dict[str, Any]], path: Path
+) -> None:
+    """Check that the pool exists, holds enough personas and that each fits the judge's role;
+    the members are kept in the spec (inline), so judging reads no other file."""
+    name, fields = ref
+    if name not in spec.pools:
+        raise UserError(f"the judge draws from an unknown pool {name!r}",
+                        where=f"{path}: judge.persona.pool",
+                        fix=f"pools: {', '.join(spec.pools) or '(none: add pools:)'}")  # fmt: skip
+    members = load_pool(spec.pools[name], path.resolve().parent, f"{path}: pools.{name}")
+    if len(spec.names()) > len(members):
+        raise UserError(f"{len(spec.names())} judges draw from pool {name!r}, which has only "
+                        f"{len(members)} personas", where=f"{path}: judge.count",
+                        fix="lower the count or add personas")  # fmt: skip
+    for m in members:
+        validate_persona(cls.persona_model, {**m.data, **fields}, m.source)
+    spec.pools[name] = spec.pools[name].model_copy(update={"personas": [m.data for m in members]})
+
+
+def _judges(spec: JudgeSpec, episode_id: str) -> dict[str, BaseModel]:
+    """The persona of each judge for one episode (drawn from the pool by the episode's id)."""
+    cls = get_judge(spec.judge.role)
+    ref = pool_ref(spec.judge.persona)
+    if ref is None:
+        return {spec.name: cls.persona_model.model_validate(spec.judge.persona)}
+    pool = spec.pools[ref[0]]
+    members = load_pool(pool, Path("."), "pool")
+    rng = random.Random(derive_seed(spec.seed, episode_id, 0, "pools"))
+    picks = rng.sample(members, len(spec.names()))
+    return {
+        name: cls.persona_model.model_validate({**m.data, **ref[1]})
+        for name, m in zip(spec.names(), picks, strict=True)
+    }
 
 
 async def ajudge_database(
@@ -137,7 +191,7 @@ async def ajudge_database(
     with RunLog(path) as log:
         episodes = select_episodes(log, chosen or EpisodeFilter())
         histories = {e["episode_id"]: log.turns(e["episode_id"]) for e in episodes}
-        labels = _labels(log, {e["run_id"] for e in episodes})
+        labels = _labels(log, episodes)
     observes = spec.judge.observes
     _check_observed(observes, histories, judge)
     engine = create_backend(backend or spec.backend, {} if backend else spec.backend_options)
@@ -148,12 +202,12 @@ async def ajudge_database(
             "comes from the judge file (pass --trust-backend, or give it again with --backend)"
         )
     cls = get_judge(spec.judge.role)
-    persona = cls.persona_model.model_validate(spec.judge.persona)
     lock = RunLock(path)  # judging writes the database: no run may write it meanwhile
     lock.acquire()
     made: list[tuple[bool, float | None]] = []
     try:
-        _forget(path, spec.name, list(histories))
+        for name in spec.names():
+            _forget(path, name, list(histories))
         await engine.start()
         again = f"personae judge {path} JUDGE.yaml"
         async with TurnLogWriter(path, resume_command=again) as writer:
@@ -162,26 +216,31 @@ async def ajudge_database(
 
                 async def one(episode_id: str, turns: Sequence[Turn]) -> None:
                     async with gate:
-                        agent = cls(
-                            spec.name,
-                            persona,
-                            sampling=spec.judge.sampling,
-                            render_mode=spec.render or engine.render_mode,
-                            label=spec.judge.label,
-                            window=spec.judge.window,
-                        )
-                        assert isinstance(agent, JudgeAgent)
                         speakers = {t.agent for t in turns}
                         watched = frozenset(speakers if observes == "all" else observes or ())
+                        judges: dict[str, Agent] = {}
+                        for name, persona in _judges(spec, episode_id).items():
+                            judges[name] = cls(
+                                name,
+                                persona,
+                                sampling=spec.judge.sampling,
+                                render_mode=spec.render or engine.render_mode,
+                                label=spec.judge.label,
+                                window=spec.judge.window,
+                            )
+                        observers = []
+                        for agent in judges.values():
+                            assert isinstance(agent, JudgeAgent)
+                            observers.append(Observer(agent, watched, spec.judge.when))
                         episode = Episode(
                             episode_id=episode_id,
-                            agents={spec.name: agent},
-                            backends={spec.name: engine},
+                            agents=judges,
+                            backends=dict.fromkeys(judges, engine),
                             writer=writer,
                             run_seed=spec.seed,
-                            observers=[Observer(agent, watched, spec.judge.when)],
+                            observers=observers,
                         )
-                        verdicts = await _judge_episode(episode, turns, labels)
+                        verdicts = await _judge_episode(episode, turns, labels[episode_id])
                         made.extend((v.valid, v.score) for v in verdicts)
                         bar.episode_done(False)
 
@@ -239,35 +298,63 @@ def _forget(path: Path, judge: str, episode_ids: Sequence[str]) -> None:
 async def _judge_episode(
     episode: Episode, turns: Sequence[Turn], labels: dict[str, str]
 ) -> list[Judgment]:
-    """The observer's verdicts on a logged episode, exactly as a live judge would make them."""
-    observer = episode.observers[0]
+    """The observers' verdicts on a logged episode, exactly as live judges would make them."""
     episode.next_turn = len(turns)  # a verdict on the whole episode is logged at its last turn
     history = [
         Utterance(t.agent, labels.get(t.agent) or default_label(t.agent), t.text, t.audience,
                   t.kind)  # type: ignore[arg-type]
         for t in turns
     ]  # fmt: skip
-    if observer.when == "end":
-        return [await episode.judge(observer, None, history)]
-    return [
-        await episode.judge(observer, t.idx, history[: i + 1])
-        for i, t in enumerate(turns)
-        if t.agent in observer.watches and t.kind == "line"
-    ]
+    verdicts: list[Judgment] = []
+    for observer in episode.observers:
+        if observer.when == "end":
+            verdicts.append(await episode.judge(observer, None, history))
+            continue
+        verdicts.extend(
+            await asyncio.gather(
+                *(
+                    episode.judge(observer, t.idx, history[: i + 1])
+                    for i, t in enumerate(turns)
+                    if t.agent in observer.watches and t.kind == "line"
+                )
+            )
+        )
+    return verdicts
 
 
-def _labels(log: RunLog, run_ids: set[str]) -> dict[str, str]:
-    """Speaker tags of the judged runs' agents, where their scenario gave them."""
+def _labels(log: RunLog, episodes: Sequence[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Speaker tags of every judged episode's agents, as its run showed them: the scenario's
+    labels, or the ones a role takes from the episode's persona (e.g. a username)."""
     from personae.runner import ConversationStudy, study_of_run
 
-    labels: dict[str, str] = {}
-    for run_id in sorted(run_ids):
+    studies: dict[str, ConversationStudy | None] = {}
+    labels: dict[str, dict[str, str]] = {}
+    for row in episodes:
+        run_id = row["run_id"]
+        if run_id not in studies:
+            try:
+                study = study_of_run(log, run_id)
+            except UserError:
+                study = None  # a run whose roles are not importable here: default tags
+            studies[run_id] = study if isinstance(study, ConversationStudy) else None
+        study = studies[run_id]
+        labels[row["episode_id"]] = {}
+        if study is None:
+            continue
+        scenario = study.scenario
+        decoded = {
+            **row,
+            "condition": json.loads(row.get("condition_json") or "{}"),
+            "personas": json.loads(row.get("personas_json") or "{}"),
+        }
         try:
-            study = study_of_run(log, run_id)
+            plan = study.restore(decoded)
         except UserError:
-            continue  # a run whose roles are not importable here: default tags
-        if isinstance(study, ConversationStudy):
-            labels.update(study.scenario.cast().labels)
+            labels[row["episode_id"]] = dict(scenario.cast().labels)
+            continue
+        for name, spec in scenario.agents.items():
+            agent = get_role(spec.role)(name, plan.personas[name], label=spec.label)
+            labels[row["episode_id"]][name] = agent.label
     return labels
 
 
