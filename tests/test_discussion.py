@@ -409,6 +409,7 @@ def test_annotators_rate_a_finished_discussion_afterwards(
     }
     judge_file = write_scenario(spec, name="raters.yaml")
     code, out, err = cli(["judge", str(db), str(judge_file)], capsys)
+    assert "judgments" in out
     assert code == 0, err
     ((episode_id, turns),) = episodes(db).items()
     lines = [t for t in turns if t.kind == "line"]
