@@ -1,5 +1,6 @@
 """A teaching run's tables again from its database: re-scored for other budgets, functions and
-bootstrap settings without a model call; and its figures (PNG at 300 dpi, PDF, SVG)."""
+bootstrap settings without a model call; its figures (PNG at 300 dpi, PDF, SVG); and its
+`interventions` table exported."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import cli, db_rows, file_snapshot
@@ -397,3 +399,51 @@ def test_figures_in_each_format(finished: tuple[Path, TeachingResult], tmp_path:
         == 0
     )
     assert again.read_bytes() == (tmp_path / "figures" / "curves.svg").read_bytes()
+
+
+# -- the interventions export ------------------------------------------------------------------
+
+
+def test_interventions_export_in_every_flat_format(
+    finished: tuple[Path, TeachingResult], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = finished
+    stored = db_rows(path, "SELECT * FROM interventions")
+    out = {f: tmp_path / f"decisions.{f}" for f in ("jsonl", "csv", "parquet")}
+    for fmt, target in out.items():
+        code, _, err = cli(
+            ["export", str(path), "--table", "interventions", "-f", fmt, "-o", str(target)], capsys
+        )
+        assert code == 0 and f"{len(stored)} decisions" in err
+    rows = [json.loads(line) for line in out["jsonl"].read_text().splitlines()]
+    assert len(rows) == len(stored)
+    assert {r["decision_id"]: {k: v for k, v in r.items() if k != "scenario"} for r in rows} == {
+        r["decision_id"]: r for r in stored
+    }
+    assert {r["scenario"] for r in rows} == {"report_teaching"}
+    table = pq.read_table(out["parquet"])
+    assert table.num_rows == len(stored)
+    assert table.schema.field("budget").type == "double"
+    assert sorted(table.column("decision_id").to_pylist()) == sorted(
+        r["decision_id"] for r in stored
+    )
+    assert out["csv"].read_text().count("\n") == len(stored) + 1
+    # the episode filters apply: one seed's decisions
+    code, stdout, _ = cli(
+        ["export", str(path), "--table", "interventions", "--where", "teaching.seed=1"], capsys
+    )
+    seed_one = [json.loads(line) for line in stdout.splitlines()]
+    assert seed_one and {r["seed"] for r in seed_one} == {1}
+    assert len(seed_one) == sum(r["seed"] == 1 for r in stored)
+
+
+def test_interventions_export_of_a_database_without_them_is_a_one_line_error(
+    write_scenario: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import personae
+
+    db = tmp_path / "talk.db"
+    personae.run(write_scenario(), db=db)
+    code, out, err = cli(["export", str(db), "--table", "interventions"], capsys)
+    assert code == 2 and out == ""
+    assert "holds no intervention decisions" in err and len(err.strip().splitlines()) == 1
