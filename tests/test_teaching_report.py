@@ -369,6 +369,12 @@ def test_figure_styles_tell_the_lines_apart(finished: tuple[Path, TeachingResult
         assert "over 12 test items (each item averaged over 2 seeds)" in caption
     finally:
         plt.close(fig)
+    fine = teaching_report(finished[0], budgets=[i / 20 for i in range(21)])
+    fig = teaching_figure(fine.curves)
+    try:  # 21 budgets: a marker on every other one, so they do not pile up
+        assert {line.get_markevery() for line in fig.axes[0].get_lines()} == {2}
+    finally:
+        plt.close(fig)
 
 
 def test_figures_in_each_format(finished: tuple[Path, TeachingResult], tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ from personae.experiments._scoring import Curve, MultiTurnRow
 FORMATS: dict[str, int | None] = {".png": 300, ".pdf": None, ".svg": None}
 #: Most lines in one panel.
 MAX_LINES = 5
+#: Most markers on one line (more budgets: a marker on every k-th).
+MAX_MARKERS = 11
 REFERENCE = "random"
 BOUNDS = ("true_utility", "oracle")
 #: Panels a long list of functions is grouped into (title, functions), in this order.
@@ -181,6 +183,7 @@ def _draw_curves(ax: Any, panel: Panel, looks: dict[str, tuple[str, str]]) -> No
             curve.accuracy,
             "-." if bad else "--" if curve.function in BOUNDS else "-",
             marker=marker,
+            markevery=-(-len(x) // MAX_MARKERS),  # a marker every k-th budget when many
             ms=4.5 + 1.1 * (n - 1 - i) + (1.5 if marker == "*" else 0.0),
             mfc="none",
             mew=1.1,
