@@ -321,7 +321,9 @@ def teaching_figure(
     looks = _looks([c.function for c in curves] + [r.function for r in multi_turn])
     ncols = max(len(r) for r in rows)
     width, height = 3.5 * ncols, 2.9 * len(rows)
-    caption = textwrap.fill(_caption(curves, multi_turn, level), width=int(width * 19))
+    caption = textwrap.fill(
+        _caption(curves, multi_turn, level), width=int(width * 19), break_on_hyphens=False
+    )
     caption_in = 0.13 * (caption.count("\n") + 1) + 0.1
     total = height + caption_in + 0.4
     with plt.rc_context(_RC):
