@@ -266,6 +266,54 @@ def test_jsonl_and_csv_tables_join_episode_condition_and_call_fields(secret_run:
     assert table[1]["client.style"] in ("plain", "upset")
 
 
+def test_jsonl_nests_the_hidden_state_audience_and_decision(secret_run: Path) -> None:
+    parsed = [json.loads(line) for line in _cli(["export", str(secret_run)]).stdout.splitlines()]
+    assert len(parsed) == 12
+    for row in parsed:
+        hidden = row["hidden_json"]
+        assert isinstance(hidden, dict)  # an object, not a string holding one
+        mine = {"client": ("tom_note", SECRET_CLIENT), "counselor": ("plan", SECRET_COUNSELOR)}
+        key, secret = mine[row["agent"]]
+        assert hidden[key] == secret
+        assert row["audience_json"] is None or isinstance(row["audience_json"], list)
+    as_text = {r["turn"]: r["hidden_json"] for r in turn_rows(secret_run)}
+    assert all(json.loads(as_text[r["turn"]]) == r["hidden_json"] for r in parsed[:6])
+
+
+def test_parquet_round_trips_through_pyarrow_and_pandas(secret_run: Path) -> None:
+    import pyarrow.parquet as pq
+
+    out_file = secret_run.parent / "turns.parquet"
+    result = _cli(["export", str(secret_run), "--format", "parquet", "--out", str(out_file)])
+    assert "12 turns" in result.stderr
+    rows = turn_rows(secret_run)
+    table = pq.read_table(out_file)
+    assert table.column_names == list(rows[0])
+    assert table.to_pylist() == rows  # every value as the JSONL/CSV rows hold it
+    assert table.schema.field("prompt_tokens").type == "int64"
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.read_parquet(out_file)
+    assert frame.shape == (12, len(rows[0]))
+    assert list(frame["text"]) == [r["text"] for r in rows]
+    hidden = [json.loads(h) for h in frame["hidden_json"]]
+    assert {h.get("tom_note") for h in hidden} == {SECRET_CLIENT, None}
+
+
+def test_parquet_writes_columns_whose_values_share_no_type_as_text(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from personae.export import write_parquet
+
+    rows = [{"a": 1, "b": 0.5}, {"a": "x", "c": {"k": [1]}}, {"b": None}]
+    assert write_parquet(rows, tmp_path / "mixed.parquet") == 3
+    table = pq.read_table(tmp_path / "mixed.parquet")
+    assert table.to_pydict() == {
+        "a": ["1", "x", None],
+        "b": [0.5, None, None],
+        "c": [None, '{"k": [1]}', None],
+    }
+
+
 # -- bad input ---------------------------------------------------------------------------------
 
 
@@ -276,7 +324,12 @@ def test_bad_export_input_is_one_line_and_exit_2(
     cases = {
         "no agent has the role 'teacher'": ["export", db, "-f", "sft", "--role", "teacher"],
         "needs --role": ["export", db, "-f", "sft"],
-        "unknown export format 'parquet'": ["export", db, "-f", "parquet"],
+        "unknown export format 'xlsx'": ["export", db, "-f", "xlsx"],
+        "--format parquet writes a binary file": ["export", db, "-f", "parquet"],
+        "unknown table 'calls'": ["export", db, "--table", "calls"],
+        "not --table interventions": [
+            "export", db, "-f", "sft", "--role", "client", "--table", "interventions"
+        ],
         "no episode has a condition or persona field 'client.mood'": [
             "export", db, "--where", "client.mood=sad"
         ],

@@ -180,7 +180,7 @@ def test_export_tables_hold_every_turn_of_every_agent(
     write_scenario: WriteScenario, tmp_path: Path
 ) -> None:
     """`export --format jsonl` and `csv`: one row per turn, four agents, kinds, audiences and
-    decisions as logged."""
+    decisions as logged (nested in JSONL, JSON text in CSV)."""
     db = _meeting_db(write_scenario, tmp_path)
     all_turns = episodes(db)
     n = sum(len(t) for t in all_turns.values())
@@ -191,8 +191,12 @@ def test_export_tables_hold_every_turn_of_every_agent(
         turn = all_turns[row["episode_id"]][row["turn"]]
         assert (row["agent"], row["kind"], row["text"]) == (turn.agent, turn.kind, turn.text)
         assert (line["agent"], line["kind"], line["text"]) == (turn.agent, turn.kind, turn.text)
-        decision = json.loads(row["decision_json"]) if row["decision_json"] else None
+        # JSONL nests the JSON columns; CSV holds them as JSON text
+        assert row["decision_json"] == turn.decision
+        decision = json.loads(line["decision_json"]) if line["decision_json"] else None
         assert decision == turn.decision
+        audience = list(turn.audience) if turn.audience is not None else None
+        assert row["audience_json"] == audience
     assert {r["agent"] for r in rows} == set(MEETING)
     assert {r["kind"] for r in rows} == {"seed", "line", "pass"}
 

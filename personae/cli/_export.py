@@ -1,6 +1,9 @@
-"""`personae export` (sft, dpo, jsonl, csv) and `personae browse` (datasette on 127.0.0.1).
+"""`personae export` (sft, dpo, jsonl, csv, parquet) and `personae browse` (datasette on
+127.0.0.1).
 
-Exports write to `--out PATH` or stdout; the count goes to stderr so stdout stays clean data.
+Exports write to `--out PATH` or stdout (Parquet, a binary file, needs `--out`); the count goes
+to stderr so stdout stays clean data. The flat formats export `--table turns` (one row per turn;
+JSONL nests the `*_json` columns) or `--table interventions` (a teaching run's decisions).
 `--out` never names the run database or its `-wal`/`-shm`/`-journal` files (compared after
 resolving symlinks, and by inode), a directory or a special file, nor an existing file unless
 `--force` is given. The export is written to a temporary file next to the target and renamed
@@ -38,10 +41,16 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            help="sft (chat JSONL for TRL/axolotl), dpo (preference pairs), jsonl or csv "
-            "(one row per turn, for analysis).",
+            help="sft (chat JSONL for TRL/axolotl), dpo (preference pairs), jsonl, csv or "
+            "parquet (one row per turn or decision, for analysis).",
         ),
     ] = "jsonl",
+    table: Annotated[
+        str,
+        typer.Option(
+            help="jsonl/csv/parquet: turns, or interventions (a teaching run's decisions)."
+        ),
+    ] = "turns",
     role: Annotated[
         str | None, typer.Option(help="sft/dpo: the role whose own view is exported.")
     ] = None,
@@ -65,25 +74,40 @@ def export(
     ] = False,
     imports: Imports = None,
 ) -> None:
-    """Export episodes as training data (sft, dpo) or flat tables (jsonl, csv).
+    """Export episodes as training data (sft, dpo) or flat tables (jsonl, csv, parquet).
 
     sft and dpo hold only what the exported agent could see (its audience); dpo ranks sibling
-    forks by the judges' verdicts in the judgments table.
+    forks by the judges' verdicts in the judgments table. The flat tables hold every turn
+    (hidden state included) or, with --table interventions, a teaching run's decisions.
     """
     load_user_code(imports)
     from personae.export import (
         EpisodeFilter,
         dpo_pairs,
+        intervention_rows,
+        nested,
         sft_conversations,
         turn_rows,
         write_csv,
         write_jsonl,
+        write_parquet,
     )
 
-    formats = ("sft", "dpo", "jsonl", "csv")
+    formats = ("sft", "dpo", "jsonl", "csv", "parquet")
     if fmt not in formats:
         raise UserError(
             f"unknown export format {fmt!r}", where="--format", fix=f"use one of: {formats}"
+        )
+    tables = ("turns", "interventions")
+    if table not in tables:
+        raise UserError(
+            f"unknown table {table!r}", where="--table", fix=f"use one of: {', '.join(tables)}"
+        )
+    if table != "turns" and fmt in ("sft", "dpo"):
+        raise UserError(
+            f"--format {fmt} exports conversations, not --table {table}",
+            where="--table",
+            fix="use --format jsonl, csv or parquet for the interventions table",
         )
     if fmt in ("sft", "dpo") and not role:
         raise UserError(
@@ -95,6 +119,12 @@ def export(
 
     check_database(db)
     target = None if out_path is None or str(out_path) == "-" else out_path.expanduser()
+    if target is None and fmt == "parquet":
+        raise UserError(
+            "--format parquet writes a binary file, not to stdout",
+            where="--out",
+            fix="name the file, e.g. --out turns.parquet",
+        )
     if target is not None:
         check_out_path(target, db, force=force)
     chosen = EpisodeFilter(scenario=scenario, status=status, where=tuple(where or ()))
@@ -117,9 +147,15 @@ def export(
                     "(add verdicts with 'personae judge DB JUDGE.yaml')"
                 )
         else:
-            rows = turn_rows(db, chosen)
-            n = write_jsonl(rows, dest) if fmt == "jsonl" else write_csv(rows, dest)
-            message = f"{n} turns → {shown}"
+            rows = turn_rows(db, chosen) if table == "turns" else intervention_rows(db, chosen)
+            if fmt == "jsonl":
+                n = write_jsonl(nested(rows), dest)
+            elif fmt == "csv":
+                n = write_csv(rows, dest)
+            else:
+                assert dest is not None
+                n = write_parquet(rows, dest)
+            message = f"{n} {'turns' if table == 'turns' else 'decisions'} → {shown}"
     err.print(message, markup=False)
     if note:
         err.print(note, markup=False)

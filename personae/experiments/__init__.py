@@ -4,7 +4,8 @@ A teacher decides which test items to explain to a student under a budget (the f
 it may explain), how to explain (personalized to the student or not), and whether explanations help
 later unexplained items, after Saha, Hase and Bansal (2023), "Can Language Models Teach Weaker
 Agents? Teacher Explanations Improve Students via Theory of Mind". Start with
-`run_teaching("teaching_budget")` or `personae experiment teaching teaching_budget`.
+`run_teaching("teaching_budget")` or `personae experiment teaching teaching_budget`; re-score a
+finished run's database with `teaching_report(db, budgets=..., functions=...)`.
 """
 
 from personae.agents._teaching import Answer, Item, read_answer
@@ -19,10 +20,12 @@ from personae.experiments._interventions import (
     intervention_names,
     register_intervention,
 )
-from personae.experiments._plot import save_plot
+from personae.experiments._plot import save_plot, teaching_figure
+from personae.experiments._report import teaching_report
 from personae.experiments._runner import TeachingResult, arun_teaching, run_teaching
 from personae.experiments._scoring import (
     Curve,
+    MissingOutcomes,
     MultiTurnRow,
     StyleOutcomes,
     mean_ci,
@@ -39,6 +42,7 @@ __all__ = [
     "Intervention",
     "Item",
     "ItemEstimate",
+    "MissingOutcomes",
     "MultiTurnRow",
     "SimulatedStudentBackend",
     "StyleOutcomes",
@@ -64,4 +68,6 @@ __all__ = [
     "run_teaching",
     "save_plot",
     "score_curves",
+    "teaching_figure",
+    "teaching_report",
 ]

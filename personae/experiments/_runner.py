@@ -75,6 +75,13 @@ class TeachingResult:
                 return c
         raise KeyError(f"no curve for {function!r} {style or ''}".strip())
 
+    def plot(self, path: str | Path) -> Path:
+        """Save the curves and multi-turn results as a figure (.png at 300 dpi, .pdf, .svg)."""
+        from personae.experiments._plot import save_plot
+
+        return save_plot(self.curves, path, title=self.scenario, multi_turn=self.multi_turn,
+                         confidence=self.confidence)  # fmt: skip
+
     def line(self) -> str:
         """One-line summary."""
         seeds = len(self.outcomes)

@@ -4,7 +4,9 @@ Each item's outcome is computed once without and once with each explanation styl
 (`StyleOutcomes`); an intervention function's ranking then decides which items are explained at
 each budget, and the accuracy at that budget is the mean over items of the with-explanation
 outcome where explained and the without-explanation outcome elsewhere. Seeds are averaged per
-item; confidence intervals are percentile bootstraps over items (`scipy.stats.bootstrap`).
+item; confidence intervals are percentile bootstraps over items (`scipy.stats.bootstrap`), seeded
+per budget from the bootstrap seed, so a table is the same whenever it is scored. An explained
+item without a with-explanation outcome cannot be scored: `MissingOutcomes` says which.
 `expected=True` scores probabilities of the gold answer instead of 0/1 correctness: the
 accuracy a student with those probabilities gets in expectation.
 """
@@ -21,6 +23,29 @@ from scipy import stats
 from personae.experiments._interventions import explained_at
 
 Ranking = Sequence[tuple[str, float]]
+
+
+class MissingOutcomes(ValueError):
+    """An arm explains, at some budget, items whose with-explanation outcome was never
+    computed (the run did not deliver that explanation): scoring it needs model calls.
+
+    Attributes:
+        style: Explanation style.
+        function: Intervention function.
+        budget: The budget.
+        seed: The experiment seed.
+        item_ids: The explained items without an outcome.
+    """
+
+    def __init__(
+        self, style: str, function: str, budget: float, seed: int, item_ids: Sequence[str]
+    ) -> None:
+        self.style, self.function, self.budget = style, function, budget
+        self.seed, self.item_ids = seed, tuple(item_ids)
+        super().__init__(
+            f"{function} [{style}] at budget {budget:g} explains {len(item_ids)} items with no "
+            f"with-explanation outcome (seed {seed}, e.g. {item_ids[0]})"
+        )
 
 
 @dataclass(frozen=True)
@@ -52,13 +77,18 @@ class StyleOutcomes:
         """Boolean mask of `explained` over `item_ids`."""
         return np.array([i in explained for i in self.item_ids], dtype=bool)
 
+    def missing(self, explained: set[str]) -> list[str]:
+        """Items of `explained` that did not fail but have no with-explanation outcome."""
+        gap = self.mask(explained) & np.isnan(self.post_correct) & ~np.isnan(self.pre_correct)
+        return [i for i, m in zip(self.item_ids, gap, strict=True) if m]
+
     def per_item(self, explained: set[str], *, expected: bool = False) -> np.ndarray:
-        """Each item's outcome when exactly `explained` are explained."""
+        """Each item's outcome when exactly `explained` are explained (`ValueError` when an
+        explained item has no with-explanation outcome)."""
         pre, post = (self.pre_p, self.post_p) if expected else (self.pre_correct, self.post_correct)
-        mask = self.mask(explained)
-        if np.any(np.isnan(post[mask]) & ~np.isnan(pre[mask])):
+        if self.missing(explained):
             raise ValueError("an explained item has no with-explanation outcome")
-        return np.where(mask, post, pre)
+        return np.where(self.mask(explained), post, pre)
 
 
 def per_item_at_budgets(
@@ -72,9 +102,14 @@ def per_item_at_budgets(
 
 
 def mean_ci(
-    values: np.ndarray, *, resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+    values: np.ndarray,
+    *,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int | Sequence[int] = 0,
 ) -> tuple[float, float, float]:
-    """Mean of `values` (NaN ignored) and its percentile-bootstrap confidence interval."""
+    """Mean of `values` (NaN ignored) and its percentile-bootstrap confidence interval
+    (`seed`: an int or a sequence of ints, as `numpy.random.default_rng` takes them)."""
     v = values[~np.isnan(values)]
     if v.size == 0:
         return math.nan, math.nan, math.nan
@@ -115,6 +150,7 @@ class Curve:
         high: Upper bootstrap bound at each budget.
         n_items: Items scored.
         n_seeds: Seeds averaged.
+        confidence: Confidence level of `low` and `high`.
     """
 
     label: str
@@ -126,6 +162,7 @@ class Curve:
     high: tuple[float, ...]
     n_items: int
     n_seeds: int
+    confidence: float = 0.95
 
     def at(self, budget: float) -> float:
         """Mean accuracy at `budget`."""
@@ -148,6 +185,7 @@ def score_curves(
     resamples: int = 2000,
     confidence: float = 0.95,
     expected: bool = False,
+    seed: int = 0,
 ) -> list[Curve]:
     """One `Curve` per arm (style, function), averaging seeds per item.
 
@@ -159,19 +197,32 @@ def score_curves(
         resamples: Bootstrap resamples.
         confidence: Confidence level of the intervals.
         expected: Score probabilities of the gold answer instead of correctness.
+        seed: Bootstrap seed (budget k resamples with `default_rng([k, seed])`; seed 0 is
+            `default_rng(k)`).
+
+    Raises:
+        MissingOutcomes: an arm explains an item at a budget with no with-explanation outcome.
     """
     styles = [s for s, _ in arms]
     curves = []
     for style, function in arms:
+        for run_seed in sorted(outcomes):
+            outcome, ranking = outcomes[run_seed][style], rankings[run_seed][(style, function)]
+            for budget in budgets:
+                missing = outcome.missing(explained_at(ranking, outcome.n_items, budget))
+                if missing:
+                    raise MissingOutcomes(style, function, budget, run_seed, missing)
         per_seed = [
-            per_item_at_budgets(outcomes[seed][style], rankings[seed][(style, function)], budgets,
+            per_item_at_budgets(outcomes[s][style], rankings[s][(style, function)], budgets,
                                 expected=expected)
-            for seed in sorted(outcomes)
+            for s in sorted(outcomes)
         ]  # fmt: skip
         means, lows, highs = [], [], []
         for b in range(len(budgets)):
             values = _seed_mean([rows[b] for rows in per_seed])
-            mean, low, high = mean_ci(values, resamples=resamples, confidence=confidence, seed=b)
+            mean, low, high = mean_ci(
+                values, resamples=resamples, confidence=confidence, seed=[b, seed]
+            )
             means.append(mean)
             lows.append(low)
             highs.append(high)
@@ -187,6 +238,7 @@ def score_curves(
                 high=tuple(highs),
                 n_items=len(first.item_ids),
                 n_seeds=len(per_seed),
+                confidence=confidence,
             )
         )
     return curves
@@ -226,11 +278,13 @@ def score_multi_turn(
     budget: float,
     resamples: int = 2000,
     confidence: float = 0.95,
+    seed: int = 0,
 ) -> MultiTurnRow:
-    """Aggregate per-seed item vectors (NaN for explained items) into a `MultiTurnRow`."""
+    """Aggregate per-seed item vectors (NaN for explained items) into a `MultiTurnRow`
+    (`seed`: the bootstrap seed)."""
     values = _seed_mean(with_demos)
     base = _seed_mean(alone)
-    mean, low, high = mean_ci(values, resamples=resamples, confidence=confidence)
+    mean, low, high = mean_ci(values, resamples=resamples, confidence=confidence, seed=[0, seed])
     baseline = float(np.nanmean(base)) if np.any(~np.isnan(base)) else math.nan
     return MultiTurnRow(
         style, function, budget, mean, low, high, baseline, int(np.sum(~np.isnan(values)))

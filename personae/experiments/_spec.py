@@ -108,6 +108,7 @@ class BootstrapSpec(_Spec):
 
     resamples: int = Field(2000, ge=100, strict=True)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    seed: Seed = Field(0, description="Seed of the resampling (the same table every time).")
 
 
 class TeachingScenario(_Spec):

@@ -14,7 +14,8 @@
 Between stages `prepare` rebuilds each seed's state from the stored outcomes of the episodes
 before — so a run killed at any point resumes (complete episodes are kept, decisions recomputed
 from the stored assessments and upserted by a stable id) — and `finish` scores every arm at every
-budget from the per-item outcomes.
+budget from the per-item outcomes with `score`, the one scoring path: a report of a finished
+database (`teaching_report`) calls it too, on the outcomes stored there.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -40,6 +41,9 @@ from personae.graphs._teaching import ItemRecord, PassSteps, TeachingSettings, T
 from personae.runner import EpisodeJob, Services, Study, register_study
 from personae.scenario import EpisodePlan
 from personae.store import TurnLogWriter
+
+if TYPE_CHECKING:
+    from personae.experiments._runner import TeachingResult
 
 OBSERVE, ASSESS, TEACH, PASS = 0, 1, 2, 3
 _KINDS = {OBSERVE: "observe", ASSESS: "assess", TEACH: "teach", PASS: "multi_turn"}
@@ -208,6 +212,17 @@ class TeachingStudy(Study):
         writer: TurnLogWriter | None,
         run_id: str = "",
     ) -> None:
+        self.rebuild(stage, outcomes, writer, run_id)
+
+    def rebuild(
+        self,
+        stage: int,
+        outcomes: Mapping[str, Any],
+        writer: TurnLogWriter | None = None,
+        run_id: str = "",
+    ) -> None:
+        """Every seed's state before `stage`, from the stored `outcomes` (the teach stage's
+        decisions are queued on `writer` when one is given)."""
         teacher, mt = self.spec.teacher, self.spec.multi_turn
         for state in self.state.values():
             if stage >= ASSESS:
@@ -316,11 +331,9 @@ class TeachingStudy(Study):
     async def finish(
         self, outcomes: Mapping[str, Any], writer: TurnLogWriter | None = None, run_id: str = ""
     ) -> dict[str, Any]:
-        """Record the hindsight decisions, then score every arm at every budget from the
-        outcomes (and keep the result in `result`)."""
-        from personae.experiments._runner import TeachingResult
-
-        await self.prepare(PASS, outcomes, None)
+        """Score every arm at every budget from the outcomes (kept in `result`), then record
+        the hindsight decisions."""
+        self.result = self.score(outcomes)
         for state in self.state.values():
             for record in state.records:
                 if record.assessed:
@@ -328,13 +341,28 @@ class TeachingStudy(Study):
                         record, self.grid, hindsight=True, run_id=run_id
                     )
                     _write(writer, hindsight[0])
+        # the runner records the run's own seconds; the result's are not known yet
+        return {k: v for k, v in self.result.summary().items() if k != "elapsed_s"}
+
+    def score(self, outcomes: Mapping[str, Any]) -> TeachingResult:
+        """The accuracy tables of the spec's arms, budgets and bootstrap, from the stored
+        outcomes of the episodes (by id): what a run ends with and what a report of its
+        database recomputes, through this one path. Writes nothing.
+
+        Raises:
+            MissingOutcomes: an arm explains an item at a budget with no with-explanation
+                outcome among `outcomes` (scoring it would need model calls).
+        """
+        from personae.experiments._runner import TeachingResult
+
+        self.rebuild(PASS, outcomes)
         spec, boot = self.spec, self.spec.bootstrap
         per_seed = {
             s: {st: state.outcomes(st) for st in self.styles} for s, state in self.state.items()
         }
         rankings = {s: dict(state.rankings) for s, state in self.state.items()}
-        curves = score_curves(per_seed, rankings, self.arms, spec.budgets,
-                              resamples=boot.resamples, confidence=boot.confidence)  # fmt: skip
+        curves = score_curves(per_seed, rankings, self.arms, spec.budgets, resamples=boot.resamples,
+                              confidence=boot.confidence, seed=boot.seed)  # fmt: skip
         rows: list[MultiTurnRow] = []
         for j, (style, function, budget) in enumerate(multi_turn_passes(spec)):
             ids = {s: self.episode_id(PASS, s, j, style=style, function=function, budget=budget)
@@ -343,9 +371,9 @@ class TeachingStudy(Study):
             alone = [st.passes[j][2] for st in self.state.values()]
             rows.append(score_multi_turn(with_demos, alone, style=style, function=function,
                                          budget=budget, resamples=boot.resamples,
-                                         confidence=boot.confidence))  # fmt: skip
+                                         confidence=boot.confidence, seed=boot.seed))  # fmt: skip
         failed = sum(r.error is not None for state in self.state.values() for r in state.records)
-        self.result = TeachingResult(
+        return TeachingResult(
             run_id="",
             db_path=Path(),
             scenario=spec.name,
@@ -359,8 +387,6 @@ class TeachingStudy(Study):
             budgets=tuple(spec.budgets),
             confidence=boot.confidence,
         )
-        summary: dict[str, Any] = self.result.summary()
-        return summary
 
 
 def _write(writer: TurnLogWriter | None, rows: Sequence[dict[str, Any]]) -> None:

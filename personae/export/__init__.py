@@ -2,15 +2,23 @@
 
 `sft_conversations` (OpenAI-style chat records from one role's own view; no hidden state),
 `dpo_pairs` (prompt/chosen/rejected from sibling forks ranked by judge scores), `turn_rows`
-(one flat row per turn with episode and condition fields), `write_jsonl` / `write_csv`, and
-`browse` (datasette on 127.0.0.1 over a snapshot with full-text search on utterances).
+(one flat row per turn with episode and condition fields; `nested` decodes its JSON columns),
+`intervention_rows` (a teaching run's decisions), `write_jsonl` / `write_csv` / `write_parquet`,
+and `browse` (datasette on 127.0.0.1 over a snapshot with full-text search on utterances).
 Every export reads episodes chosen by an `EpisodeFilter` (scenario, status, condition).
 """
 
 from personae.export._browse import browse, browse_copy, datasette_args
 from personae.export._chat import DpoExport, dpo_pairs, sft_conversations
 from personae.export._select import STATUSES, EpisodeFilter, select_episodes
-from personae.export._tables import turn_rows, write_csv, write_jsonl
+from personae.export._tables import (
+    intervention_rows,
+    nested,
+    turn_rows,
+    write_csv,
+    write_jsonl,
+    write_parquet,
+)
 
 __all__ = [
     "STATUSES",
@@ -20,9 +28,12 @@ __all__ = [
     "browse_copy",
     "datasette_args",
     "dpo_pairs",
+    "intervention_rows",
+    "nested",
     "select_episodes",
     "sft_conversations",
     "turn_rows",
     "write_csv",
     "write_jsonl",
+    "write_parquet",
 ]

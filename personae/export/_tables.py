@@ -7,6 +7,13 @@ keys (`repeat`), then the turn (`turn`, `agent`, `role`, `kind`, `text`, `audien
 `hidden_json`, `decision_json`, `call_id`) and its final model call (`finish_reason`,
 `prompt_tokens`, `completion_tokens`, `cached_tokens`, `latency_s`, `call_seed`). These tables
 are for analysis and keep `hidden_json`; training exports (`sft`, `dpo`) never include it.
+`nested` decodes the `*_json` columns into objects (for JSONL); CSV and Parquet keep them as JSON
+text, since their columns hold one type and hidden state differs from turn to turn.
+
+`intervention_rows` is the teaching experiments' `interventions` table (every decision of every
+intervention function at every budget) with the scenario of its episode, chosen by the same
+`EpisodeFilter`. `write_parquet` writes either kind of rows with pyarrow (a column whose values
+share no Arrow type is written as text).
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from personae.errors import UserError
 from personae.export._select import EpisodeFilter, select_episodes
 from personae.store import RunLog
 
@@ -45,6 +53,8 @@ _TURN_FIELDS = (
     "decision_json",
     "call_id",
 )
+#: Columns holding JSON text (decoded by `nested`).
+JSON_COLUMNS = ("audience_json", "hidden_json", "decision_json")
 _CALL_FIELDS = (
     "finish_reason",
     "prompt_tokens",
@@ -91,6 +101,39 @@ def turn_rows(db: str | Path, chosen: EpisodeFilter | None = None) -> list[dict[
     return rows
 
 
+def nested(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """`rows` with their JSON text columns (`hidden_json`, `audience_json`, `decision_json`)
+    decoded into objects and lists, for formats that nest (JSONL)."""
+    for row in rows:
+        yield {
+            k: json.loads(v) if k in JSON_COLUMNS and isinstance(v, str) else v
+            for k, v in row.items()
+        }
+
+
+def intervention_rows(db: str | Path, chosen: EpisodeFilter | None = None) -> list[dict[str, Any]]:
+    """The `interventions` rows of the chosen episodes (a teaching run's teach episodes), each
+    with its episode's `scenario`, ordered by seed, style, function, budget and item.
+
+    Raises:
+        UserError: the database holds no intervention decisions (no teaching run), or a bad
+            filter.
+    """
+    with RunLog(db) as log:
+        if not (log.has_table("interventions") and log.query("SELECT 1 FROM interventions")):
+            raise UserError(
+                "this database holds no intervention decisions (they come from teaching runs)",
+                where=f"{log.path}: --table interventions",
+                fix="export a teaching run's database, or export --table turns",
+            )
+        episodes = {e["episode_id"]: e for e in select_episodes(log, chosen or EpisodeFilter())}
+        rows = log.query(
+            """SELECT e.scenario, i.* FROM interventions i JOIN episodes e USING (episode_id)
+               ORDER BY i.seed, i.explanation, i.function, i.budget, i.hindsight, e.idx"""
+        )
+    return [r for r in rows if r["episode_id"] in episodes]
+
+
 @contextmanager
 def _opened(out: str | Path | None) -> Any:
     if out is None or str(out) == "-":
@@ -126,4 +169,29 @@ def write_csv(rows: Sequence[dict[str, Any]], out: str | Path | None = None) -> 
             writer.writerow(
                 {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()}
             )
+    return len(rows)
+
+
+def _arrow_column(values: Sequence[Any]) -> Any:
+    """One Parquet column: Arrow's own type for the values, or text when they share none."""
+    import pyarrow as pa
+
+    cells = [json.dumps(v) if isinstance(v, dict | list) else v for v in values]
+    try:
+        return pa.array(cells)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in cells], type=pa.string())
+
+
+def write_parquet(rows: Sequence[dict[str, Any]], out: str | Path) -> int:
+    """Write rows as a Parquet file at `out` (columns: the union of keys, first seen first;
+    missing values null; nested values as JSON text); return the count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    table = pa.table({c: _arrow_column([row.get(c) for row in rows]) for c in columns})
+    pq.write_table(table, str(out))
     return len(rows)
