@@ -3,7 +3,7 @@
 `sft_conversations` (OpenAI-style chat records from one role's own view; no hidden state),
 `dpo_pairs` (prompt/chosen/rejected from sibling forks ranked by judge scores), `turn_rows`
 (one flat row per turn with episode and condition fields), `write_jsonl` / `write_csv`, and
-`browse` (datasette on 127.0.0.1 over a snapshot with full-text search on utterances).
+`browse` (datasette on 127.0.0.1 over a snapshot: the episode list, episodes as chats, search).
 Every export reads episodes chosen by an `EpisodeFilter` (scenario, status, condition).
 """
 
