@@ -6,7 +6,7 @@ EPISODES ?= 2
 
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install demo test test-vllm lint clean
+.PHONY: install system-deps demo test test-vllm lint clean
 
 $(BIN)/personae: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +16,24 @@ $(BIN)/personae: pyproject.toml
 
 install: $(BIN)/personae  ## create .venv and install personae with test tools
 
+# Debian's chromium for the browser test of `personae browse` (Playwright drives it; its own
+# browser download cannot work offline). Skipped when chromium is already there.
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
+system-deps:  ## install chromium (apt) unless present
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium not found and no apt-get here: install Chromium to run the browser test"; \
+	  fi; }
+
 demo: install  ## run the counseling scenario on the embedded model and print a transcript
 	rm -f logs/demo.db logs/demo.db-wal logs/demo.db-shm
 	$(BIN)/personae run counseling_cbt --episodes $(EPISODES) --db logs/demo.db
 	$(BIN)/personae show logs/demo.db
 	$(BIN)/personae show logs/demo.db 0
 
-test: install  ## the whole test suite, real-model tests included
+test: install system-deps  ## the whole test suite, real-model tests included
 	$(BIN)/python -m pytest -q
 
 # vLLM's CPU build in its own environment: it pins torch and protobuf differently from the

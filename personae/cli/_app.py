@@ -17,6 +17,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from personae.errors import UserError
+from personae.store._labels import condition_text as _condition_text
+from personae.store._labels import verdict_text as _verdict
 
 #: `--import MODULE_OR_FILE`, repeatable, on every command: user code registering roles, graph
 #: kinds, turn policies, judges, backends or intervention functions.
@@ -225,27 +227,6 @@ def _episode_table(log: object) -> None:
         f"{s['episodes']} episodes ({s['complete'] or 0} complete, {s['failed'] or 0} failed), "
         f"{s['turns']} turns, {s['prompt_tokens'] + s['completion_tokens']} tokens"
     )
-
-
-def _condition_text(condition: dict[str, object]) -> str:
-    """An episode's condition as its values, e.g. 'cbt · margaret_grief · upset'."""
-    values: list[str] = []
-    for key, fields in condition.items():
-        if isinstance(fields, dict):
-            values.extend(str(v) for v in fields.values() if v is not None)
-        elif key != "repeat":
-            values.append(f"{key}={fields}")
-    return " · ".join(values)
-
-
-def _verdict(row: dict[str, object]) -> str:
-    """A judgment in one line: its scores (or code) and rationale, or why it is invalid."""
-    parsed = row.get("parsed")
-    if not row.get("valid") or not isinstance(parsed, dict):
-        return f"invalid ({row.get('error')})"
-    rationale = str(parsed.get("rationale") or "").strip()
-    scores = ", ".join(f"{k} {v}" for k, v in parsed.items() if k != "rationale")
-    return f"{scores}" + (f" — {rationale}" if rationale else "")
 
 
 def _transcript(log: object, episode: str, hidden: bool, view: str | None = None) -> None:

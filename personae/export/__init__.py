@@ -4,7 +4,7 @@
 `dpo_pairs` (prompt/chosen/rejected from sibling forks ranked by judge scores), `turn_rows`
 (one flat row per turn with episode and condition fields; `nested` decodes its JSON columns),
 `intervention_rows` (a teaching run's decisions), `write_jsonl` / `write_csv` / `write_parquet`,
-and `browse` (datasette on 127.0.0.1 over a snapshot with full-text search on utterances).
+and `browse` (datasette on 127.0.0.1 over a snapshot: the episode list, episodes as chats, search).
 Every export reads episodes chosen by an `EpisodeFilter` (scenario, status, condition).
 """
 

@@ -1,18 +1,23 @@
-"""Browsing a run database in datasette, bound to 127.0.0.1, with full-text search on turns.
+"""Browsing a run database in datasette, bound to 127.0.0.1: episodes, chats, search.
 
 The run database itself is never changed: browsing serves a snapshot (SQLite's online backup,
-consistent even while a run is writing) in a temporary folder, with an FTS index on
-`turns.text` added to the copy. The snapshot is taken when browsing starts; start again to see
-newer turns. The server listens on the loopback interface only, and answers only requests whose
-Host header names it (`localhost` or `127.0.0.1`, any port): a web page on another site that
-rebinds its DNS name to 127.0.0.1 gets HTTP 400, not the database (private notes included).
-The check is a datasette `asgi_wrapper` plugin registered in-process while browsing.
+consistent even while a run is writing) in a temporary folder, which the viewer then prepares
+(`personae.export._viewer`: the current schema, an FTS index on `turns.text`, the
+`episode_list` table, datasette metadata). The snapshot is taken when browsing starts; start
+again to see newer turns. A snapshot needs as much free space as the database, and is checked
+for it first. The server listens on the loopback interface only, and answers only requests
+whose Host header names it (`localhost` or `127.0.0.1`, any port): a web page on another site
+that rebinds its DNS name to 127.0.0.1 gets HTTP 400, not the database (private notes
+included). The check and the viewer's pages are one datasette plugin registered in-process
+while browsing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -23,8 +28,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import sqlite_utils
-
 from personae.errors import UserError
 from personae.store import check_database
 from personae.store._schema import readonly_uri
@@ -32,7 +35,7 @@ from personae.store._schema import readonly_uri
 HOST = "127.0.0.1"
 #: Host headers the server answers: the loopback names, with or without a port.
 _ALLOWED_HOST = re.compile(r"(?:localhost|127\.0\.0\.1)(?::[0-9]{1,5})?")
-_PLUGIN_NAME = "personae-loopback-host"
+_PLUGIN_NAME = "personae-browse"
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -74,13 +77,16 @@ def loopback_only(app: ASGIApp) -> ASGIApp:
 
 
 @contextlib.contextmanager
-def _host_check_plugin() -> Iterator[None]:
-    """Register, while browsing, a datasette plugin whose `asgi_wrapper` is `loopback_only`.
+def _browse_plugin(databases: frozenset[str]) -> Iterator[None]:
+    """Register, while browsing, one datasette plugin: `asgi_wrapper` is `loopback_only`, and
+    the viewer's hooks (routes, cells, menu links) serve `databases`.
 
     The plugin is an in-memory module, as datasette's `--plugins-dir` plugins are.
     """
     from datasette import hookimpl
     from datasette.plugins import pm
+
+    from personae.export._viewer import hooks
 
     if pm.get_plugin(_PLUGIN_NAME) is not None:  # already active (a nested call)
         yield
@@ -90,7 +96,8 @@ def _host_check_plugin() -> Iterator[None]:
         return loopback_only
 
     plugin = types.ModuleType(_PLUGIN_NAME.replace("-", "_"))
-    setattr(plugin, "asgi_wrapper", hookimpl(asgi_wrapper))  # noqa: B010 - a module attribute
+    for name, function in {"asgi_wrapper": asgi_wrapper, **hooks(databases)}.items():
+        setattr(plugin, name, hookimpl(function))
     pm.register(plugin, name=_PLUGIN_NAME)
     try:
         yield
@@ -98,14 +105,39 @@ def _host_check_plugin() -> Iterator[None]:
         pm.unregister(name=_PLUGIN_NAME)
 
 
+def _check_room(source: Path, folder: Path) -> None:
+    """A snapshot needs about the database's size (its WAL included) in `folder`."""
+    need = sum(p.stat().st_size for p in (source, Path(f"{source}-wal")) if p.exists())
+    free = shutil.disk_usage(folder).free
+    if free < need + (need >> 4):
+        raise UserError(
+            f"not enough free space for a snapshot: {need >> 20} MiB needed, {free >> 20} MiB free",
+            where=str(folder),
+            fix="free some space, or set TMPDIR to a folder with room",
+        )
+
+
+def _metadata_path(copy: Path) -> Path:
+    return copy.with_name(f"{copy.stem}.metadata.json")
+
+
 def browse_copy(db: str | Path, folder: str | Path) -> Path:
-    """Snapshot `db` into `folder` (same file name) and index `turns.text` for search.
+    """Snapshot `db` into `folder` (same file name) and prepare it for the viewer.
+
+    The snapshot gets the current schema, a full-text index on `turns.text`, the
+    `episode_list` table and, beside it, the datasette metadata `datasette_args` names.
 
     Returns:
         The snapshot's path; datasette names the database after its stem.
+
+    Raises:
+        UserError: not a readable personae database, or too little room in `folder`.
     """
+    from personae.export._viewer import prepare_snapshot, viewer_metadata
+
     source = Path(db)
     check_database(source)
+    _check_room(source, Path(folder))
     target = Path(folder) / f"{source.stem}.db"
     src = sqlite3.connect(readonly_uri(source), uri=True)
     dst = sqlite3.connect(str(target))
@@ -115,17 +147,13 @@ def browse_copy(db: str | Path, folder: str | Path) -> Path:
     finally:
         src.close()
         dst.close()
-    copy = sqlite_utils.Database(target)
-    try:
-        copy["turns"].enable_fts(["text"], create_triggers=False)  # type: ignore[union-attr]
-    finally:
-        copy.close()
+    snapshot = prepare_snapshot(target)
+    _metadata_path(target).write_text(json.dumps(viewer_metadata(snapshot)), encoding="utf-8")
     return target
 
 
-def _check_port(port: int) -> None:
-    if port == 0:
-        return
+def _choose_port(port: int) -> int:
+    """`port` if it is free on 127.0.0.1 (any free port for 0), so the address can be announced."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.bind((HOST, port))
@@ -135,11 +163,17 @@ def _check_port(port: int) -> None:
                 where="--port",
                 fix="pass another --port (or --port 0 for any free one)",
             ) from None
+        return int(probe.getsockname()[1])
 
 
 def datasette_args(copy: Path, port: int, *, open_browser: bool = False) -> list[str]:
-    """The `datasette serve` arguments for a snapshot (host fixed to 127.0.0.1)."""
+    """The `datasette serve` arguments for a prepared snapshot (host fixed to 127.0.0.1): the
+    viewer's metadata, templates and stylesheet."""
+    from personae.export._viewer import STATIC, STATIC_MOUNT, TEMPLATES
+
     args = ["serve", str(copy), "--host", HOST, "--port", str(port)]
+    args += ["--metadata", str(_metadata_path(copy)), "--template-dir", str(TEMPLATES)]
+    args += ["--static", f"{STATIC_MOUNT}:{STATIC}"]
     return [*args, "--open"] if open_browser else args
 
 
@@ -150,14 +184,15 @@ def browse(
     open_browser: bool = False,
     announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve a snapshot of `db` with datasette on 127.0.0.1:`port` until interrupted.
+    """Serve a snapshot of `db` with datasette on 127.0.0.1:`port` (0: any free port) until
+    interrupted.
 
     `announce`, if given, receives the address once the database and port are checked (so a
     user error is the only line printed).
 
     Raises:
-        UserError: not a readable personae database, datasette not installed, or the port is
-            taken.
+        UserError: not a readable personae database, datasette not installed, the port is
+            taken, or too little room for the snapshot.
     """
     try:
         from datasette.cli import cli
@@ -169,12 +204,19 @@ def browse(
         ) from None
     import click
 
+    from personae.export._viewer import EPISODE_LIST
+    from personae.export._viewer._urls import search_url, table_url
+
     check_database(Path(db))
-    _check_port(port)
+    _check_room(Path(db), Path(tempfile.gettempdir()))
+    port = _choose_port(port)
     if announce is not None:
+        site = f"http://{HOST}:{port}"
+        name = Path(db).stem
         announce(
-            f"serving a snapshot of {db} on http://{HOST}:{port}/{Path(db).stem} "
-            "(search utterances in the turns table; Ctrl-C stops)"
+            f"serving a snapshot of {db} on {site}/ — episodes: "
+            f"{site}{table_url(name, EPISODE_LIST)}, search: {site}{search_url(name)} "
+            "(Ctrl-C stops)"
         )
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -186,7 +228,7 @@ def browse(
     try:
         with (
             tempfile.TemporaryDirectory(prefix="personae-browse-") as folder,
-            _host_check_plugin(),
+            _browse_plugin(frozenset({Path(db).stem})),
         ):
             copy = browse_copy(db, folder)
             with contextlib.suppress(KeyboardInterrupt, click.exceptions.Abort):

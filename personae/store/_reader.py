@@ -50,7 +50,8 @@ class Turn:
         return self.audience is None or name == self.agent or name in self.audience
 
 
-def _turn(r: dict[str, Any]) -> Turn:
+def turn_from_row(r: dict[str, Any]) -> Turn:
+    """A `Turn` from a `turns` row (a dict of its columns; JSON columns still encoded)."""
     audience = r.get("audience_json")
     decision = r.get("decision_json")
     return Turn(
@@ -148,7 +149,7 @@ class RunLog:
         """The episode's turns in order."""
         full = self.resolve_episode(episode_id)
         return [
-            _turn(r)
+            turn_from_row(r)
             for r in self._rows("SELECT * FROM turns WHERE episode_id = ? ORDER BY idx", full)
         ]
 
