@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from personae._progress import RunProgress
+from personae._progress import RunProgress, progress_every, watch_backend
 from personae.agents import Utterance, default_label
 from personae.backends import create_backend
 from personae.errors import UserError
@@ -132,6 +132,7 @@ async def ajudge_database(
     """Async form of `judge_database`."""
     from personae.export import EpisodeFilter, select_episodes  # export reads replay: no cycle
 
+    every = progress_every() if progress else None
     spec = judge if isinstance(judge, JudgeSpec) else load_judge_spec(judge)
     path = Path(db)
     with RunLog(path) as log:
@@ -158,7 +159,8 @@ async def ajudge_database(
         again = f"personae judge {path} JUDGE.yaml"
         async with TurnLogWriter(path, resume_command=again) as writer:
             gate = asyncio.Semaphore(concurrency or engine.parallelism)
-            with RunProgress(len(histories), progress) as bar:
+            with RunProgress(len(histories), progress, steps="judgments", every=every) as bar:
+                watcher = asyncio.ensure_future(watch_backend(bar, engine.backend_id))
 
                 async def one(episode_id: str, turns: Sequence[Turn]) -> None:
                     async with gate:
@@ -180,12 +182,23 @@ async def ajudge_database(
                             writer=writer,
                             run_seed=spec.seed,
                             observers=[Observer(agent, watched, spec.judge.when)],
+                            watch=bar.watch,
+                            warn=bar.warn,
                         )
-                        verdicts = await _judge_episode(episode, turns, labels)
-                        made.extend((v.valid, v.score) for v in verdicts)
+                        tokens = [0]
+
+                        def verdict(judgment: Judgment) -> None:
+                            made.append((judgment.valid, judgment.score))
+                            bar.turn(episode.completion_tokens - tokens[0])
+                            tokens[0] = episode.completion_tokens
+
+                        await _judge_episode(episode, turns, labels, verdict)
                         bar.episode_done(False)
 
-                await asyncio.gather(*(one(e, t) for e, t in histories.items()))
+                try:
+                    await asyncio.gather(*(one(e, t) for e, t in histories.items()))
+                finally:
+                    watcher.cancel()
     finally:
         await engine.close()
         lock.release()
@@ -237,9 +250,13 @@ def _forget(path: Path, judge: str, episode_ids: Sequence[str]) -> None:
 
 
 async def _judge_episode(
-    episode: Episode, turns: Sequence[Turn], labels: dict[str, str]
-) -> list[Judgment]:
-    """The observer's verdicts on a logged episode, exactly as a live judge would make them."""
+    episode: Episode,
+    turns: Sequence[Turn],
+    labels: dict[str, str],
+    on_verdict: Callable[[Judgment], None],
+) -> None:
+    """The observer's verdicts on a logged episode, exactly as a live judge would make them,
+    each handed to `on_verdict` as it is made."""
     observer = episode.observers[0]
     episode.next_turn = len(turns)  # a verdict on the whole episode is logged at its last turn
     history = [
@@ -248,12 +265,11 @@ async def _judge_episode(
         for t in turns
     ]  # fmt: skip
     if observer.when == "end":
-        return [await episode.judge(observer, None, history)]
-    return [
-        await episode.judge(observer, t.idx, history[: i + 1])
-        for i, t in enumerate(turns)
-        if t.agent in observer.watches and t.kind == "line"
-    ]
+        on_verdict(await episode.judge(observer, None, history))
+        return
+    for i, t in enumerate(turns):
+        if t.agent in observer.watches and t.kind == "line":
+            on_verdict(await episode.judge(observer, t.idx, history[: i + 1]))
 
 
 def _labels(log: RunLog, run_ids: set[str]) -> dict[str, str]:
