@@ -77,6 +77,18 @@ def run(
     episodes: Annotated[
         int | None, typer.Option(min=1, help="Run only the first N episodes.")
     ] = None,
+    repeats: Annotated[
+        int | None, typer.Option(min=1, help="Episodes per condition (default: the scenario's).")
+    ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override a scenario field by dotted path, e.g. graph.max_turns=4 or "
+            "agents.helper.sampling.temperature=0.2 (YAML value); repeatable.",
+        ),
+    ] = None,
     backend: Annotated[
         str | None, typer.Option(help="Backend spec for every agent, e.g. embedded, scripted.")
     ] = None,
@@ -140,6 +152,8 @@ def run(
             plan_limit=plan_limit,
             trust_backend=trust_backend,
             notify=lambda line: err.print(line, markup=False),
+            repeats=repeats,
+            settings=settings or (),
         )
     except KeyboardInterrupt:
         if started:
