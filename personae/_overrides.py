@@ -18,7 +18,7 @@ import copy
 import difflib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ def _kind_of(annotation: Any) -> Any:
     if _is_model(annotation):
         return annotation
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (dict, typing.Mapping) or annotation is dict:
+    if origin in (dict, Mapping) or annotation is dict:
         value = _strip(args[1]) if len(args) == 2 else Any
         return (_NAMED, value) if _is_model(value) else _FREE
     if annotation is Any:
