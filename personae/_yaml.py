@@ -264,3 +264,13 @@ def load_yaml(path: str | Path, what: str = "YAML file") -> Any:
     path = Path(path)
     text = _decode(_read_bytes(path, what), path, what)
     return parse_yaml(text, str(path))
+
+
+def cli_value(raw: str) -> Any:
+    """A value given on the command line (`--set KEY=VALUE`), read as a YAML scalar or flow
+    collection (`3`, `0.2`, `true`, `null`, `[a, b]`, `{k: v}`); text that is not valid YAML
+    is kept as it is."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw

@@ -74,6 +74,12 @@ class Registry(Generic[T]):
             "add your own with --import MODULE_OR_FILE",
         )
 
+    def find(self, name: str) -> T | None:
+        """The object registered as `name`, or None (installed plugins are looked in first)."""
+        if name not in self._entries:
+            load_entry_points()
+        return self._entries.get(name)
+
     def names(self) -> list[str]:
         """Registered names, sorted (installed plugins included; internal entries not)."""
         load_entry_points()

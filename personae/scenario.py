@@ -17,6 +17,7 @@ import glob
 import itertools
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from pydantic import (
     field_validator,
 )
 
+from personae._overrides import apply_settings, blame_setting
 from personae._pools import Member, check_pool_sizes, draw, load_pool, pool_ref
 from personae._shipped import scenarios_dir
 from personae._yaml import load_yaml
@@ -210,12 +212,15 @@ def _read_yaml(path: Path, what: str) -> Any:
     return load_yaml(path, what)
 
 
-def load_scenario(path: str | Path, *, imports: list[str] | None = None) -> Scenario:
+def load_scenario(
+    path: str | Path, *, imports: list[str] | None = None, settings: Sequence[str] = ()
+) -> Scenario:
     """Read and validate a scenario file (raises `UserError`).
 
     Args:
         path: The YAML file.
         imports: Extra modules or files to import first (the CLI's `--import`).
+        settings: `KEY.PATH=VALUE` overrides (`run --set`), applied before validation.
     """
     path = Path(path)
     data = _read_yaml(path, "scenario file")
@@ -230,7 +235,28 @@ def load_scenario(path: str | Path, *, imports: list[str] | None = None) -> Scen
             fix=f"run it with 'personae experiment teaching {path}'",
         )
     load_imports(imports or ())
-    return parse_scenario(data, source=str(path), base_dir=path.resolve().parent)
+    base_dir = path.resolve().parent
+    if not settings:
+        return parse_scenario(data, source=str(path), base_dir=base_dir)
+    data = apply_settings(data, settings, base_dir=base_dir)
+    try:
+        return parse_scenario(data, source=str(path), base_dir=base_dir)
+    except UserError as exc:
+        raise blame_setting(exc, settings) from None
+
+
+def with_settings(scenario: Scenario, settings: Sequence[str]) -> Scenario:
+    """`scenario` with `KEY.PATH=VALUE` overrides applied to its spec and validated again
+    (its imports are not imported again: they were when it was built)."""
+    if not settings:
+        return scenario
+    data = apply_settings(scenario.model_dump(mode="json"), settings, base_dir=scenario.base_dir)
+    try:
+        return parse_scenario(
+            data, source=scenario.source, base_dir=scenario.base_dir, import_code=False
+        )
+    except UserError as exc:
+        raise blame_setting(exc, settings) from None
 
 
 def parse_scenario(
@@ -471,6 +497,13 @@ def _grid_axes(scenario: Scenario) -> list[tuple[str, str, list[Any]]]:
             raise UserError(f"grid.{key} has no values", where=where, fix="list at least one")
         axes.append((agent, field, values))
     return axes
+
+
+def plan_shape(scenario: Scenario) -> tuple[int, int]:
+    """(conditions, repeats): the scenario plans conditions x repeats episodes (before any
+    `episodes` cap). Raises `UserError` for a bad grid."""
+    conditions = math.prod(len(values) for _, _, values in _grid_axes(scenario))
+    return conditions, scenario.repeats
 
 
 #: Most turns a plan may hold (episodes times max_turns) unless the caller raises the limit: a

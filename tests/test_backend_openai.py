@@ -131,6 +131,24 @@ async def test_two_endpoint_spellings_both_serve(server_url: str) -> None:
             assert result.completion_tokens > 0
 
 
+@pytest.mark.model
+async def test_defaults_find_a_base_model_and_the_llamacpp_dialect(server_url: str) -> None:
+    """The packaged Gemma 270M has no chat template: llama.cpp falls back to ChatML, which the
+    backend sees through; the dialect found constrains answers, where `vllm`'s is ignored."""
+    async with OpenAIBackend(server_url) as backend:
+        assert (backend.render_mode, backend._structured) == ("transcript", "llamacpp")
+        picked = await backend.generate(
+            GenerationRequest(prompt="Is the sky green? Answer:", choices=("qx7", "zv3"))
+        )
+    assert picked.text in ("qx7", "zv3")
+    async with OpenAIBackend(server_url, render="transcript", structured="vllm") as backend:
+        free = await backend.generate(
+            GenerationRequest(prompt="Is the sky green? Answer:", choices=("qx7", "zv3"),
+                              max_tokens=4, temperature=0.0)
+        )  # fmt: skip
+    assert free.text not in ("qx7", "zv3")  # what the run would now warn about
+
+
 # --- routing, payloads and retries without a network -------------------------------------
 
 
@@ -151,6 +169,8 @@ def _mock(
         return handler(request)
 
     options.setdefault("model", "m")
+    options.setdefault("render", "chat")  # given: nothing to find out from the server at start
+    options.setdefault("structured", "vllm")
     base = options.pop("base_url", "http://a:1/v1")
     backend = OpenAIBackend(base, transport=httpx.MockTransport(record), backoff_s=0.0, **options)
     return backend, seen
@@ -340,6 +360,8 @@ async def test_concurrency_is_bounded_across_endpoints() -> None:
         model="m",
         max_concurrency=3,
         transport=httpx.MockTransport(handler),
+        render="chat",
+        structured="vllm",
     )
     assert backend.parallelism == 3
     async with backend:
@@ -447,6 +469,7 @@ def _url(server: _FaultServer, mode: str) -> str:
 
 
 async def _fail(base_url: str, **options: Any) -> BackendError:
+    options = {"render": "transcript", "structured": "llamacpp", **options}
     async with OpenAIBackend(base_url, model="m", **options) as backend:
         with pytest.raises(BackendError) as info:
             await backend.generate(GenerationRequest(prompt="p", max_tokens=4))
@@ -454,7 +477,9 @@ async def _fail(base_url: str, **options: Any) -> BackendError:
 
 
 async def test_local_server_answers(fault_server: _FaultServer) -> None:
-    async with OpenAIBackend(_url(fault_server, "ok"), model="m") as backend:
+    async with OpenAIBackend(
+        _url(fault_server, "ok"), model="m", render="transcript", structured="llamacpp"
+    ) as backend:
         result = await backend.generate(GenerationRequest(prompt="p"))
     assert result.text == "fine"
 

@@ -44,10 +44,13 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
+        body = json.loads(self.rfile.read(length) or b"{}")
         type(self).seen.append(self.headers.get("Authorization"))
-        choice = {"text": "Fine, thanks.", "message": {"content": "Fine, thanks."},
-                  "finish_reason": "stop"}  # fmt: skip
+        text = "Fine, thanks."
+        schema = body.get("response_format", {}).get("json_schema", {}).get("schema", {})
+        if enum := schema.get("properties", {}).get("choice", {}).get("enum"):
+            text = json.dumps({"choice": enum[0]})  # honours the openai dialect's choices
+        choice = {"text": text, "message": {"content": text}, "finish_reason": "stop"}
         self._json({"choices": [choice], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
 
 

@@ -3,6 +3,7 @@ and the engine features the contract promises (stop strings, choices, logprobs, 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -101,6 +102,51 @@ async def test_engine_honours_stop_choices_and_logprobs() -> None:
         )
         assert choice.text in (" yes", " no")
         assert choice.logprobs and choice.logprobs[0].top
+
+
+def _listening_tcp_ports() -> set[int]:
+    """TCP ports this process listens on (Linux: its socket inodes in /proc/net/tcp*)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[9] in inodes and fields[3] == "0A":  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads Linux's /proc")
+async def test_the_engine_opens_no_network_port() -> None:
+    """llama.cpp's server always opens an HTTP listener: here it is a Unix socket in a folder
+    only this user can enter, it refuses requests without the per-start key, and it is gone
+    after close."""
+    import httpx
+
+    before = _listening_tcp_ports()
+    engine = EmbeddedBackend(n_parallel=2, ctx_per_slot=512)
+    await engine.start()
+    try:
+        address = engine.listening_address
+        assert address is not None and address.startswith("unix://")
+        socket_path = Path(address.removeprefix("unix://"))
+        assert socket_path.exists() and socket_path.parent.stat().st_mode & 0o077 == 0
+        assert _listening_tcp_ports() == before
+        transport = httpx.HTTPTransport(uds=str(socket_path))
+        with httpx.Client(transport=transport) as client:
+            assert client.get("http://engine/v1/models").status_code == 401
+        result = await engine.generate(GenerationRequest(prompt="Hello", max_tokens=2))
+        assert result.completion_tokens > 0  # in-process calls need no key
+    finally:
+        await engine.close()
+    assert not socket_path.parent.exists()
 
 
 def test_missing_gguf_is_a_user_error(tmp_path: Path) -> None:

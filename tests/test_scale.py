@@ -176,9 +176,9 @@ def test_a_backend_that_stops_answering_is_named_while_the_run_waits(
 ) -> None:
     """A call that has waited past the threshold shows up as a note ("... is not answering")
     while the run goes on (without a progress bar: one line on stderr per wait)."""
-    import personae.runner._engine as engine
+    import personae._progress as progress
 
-    monkeypatch.setattr(engine, "STALL_S", 0.3)
+    monkeypatch.setattr(progress, "STALL_S", 0.3)
     slow = ScriptedBackend(latency_s=1.2)
     result = personae.run(write_scenario(repeats=1), db=tmp_path / "slow.db", backend=slow)
     assert result.failed == 0

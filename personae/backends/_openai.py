@@ -6,6 +6,14 @@ of them (a stable hash of its `episode_id` tag) so that server-side prefix cache
 Concurrency is bounded by one semaphore across all endpoints. Constrained output is sent in the
 dialect named by `structured`.
 
+What the server supports is found out at `start` unless set (`render=`, `structured=`), from the
+first endpoint (`_probe.py`): the render mode — `transcript` for a base model (a llama.cpp server
+whose `/props` shows no chat template of the model's own, a vLLM server that refuses a chat
+request for want of a chat template, a server without a chat endpoint), else `chat` — and the
+structured-output dialect — `llamacpp` for a llama.cpp server (`/props`), `vllm` for a vLLM
+server (`/version`), else `openai` — checked with one tiny constrained request. When either
+cannot be told, `start` stops with one line naming the option to set.
+
 Each `generate` call makes exactly one HTTP attempt, bounded by `timeout_s` from connecting to
 the last byte of the reply; it never retries. Retrying belongs to the caller (the episode
 layer, the one retry layer, with one deadline per call), so every failure is a `BackendError`
@@ -91,11 +99,13 @@ class OpenAIBackend(Backend):
         retries: Not used by the backend, which makes one attempt per call: the episode layer
             retries. Kept so existing specs still parse; exposed as `self.retries` (None: the
             caller's default) for the episode layer to honour.
-        render: "chat" (instruct models) or "transcript" (base models via completions).
+        render: "chat" (instruct models), "transcript" (base models via completions) or
+            "auto"/None: found out from the server at `start`.
         structured: Dialect for constrained output: "vllm" (`structured_outputs`; schemas as
             the `json_schema_grammar` GBNF, read by vLLM's default xgrammar backend), "llamacpp"
-            (`grammar`) or "openai" (strict `response_format` JSON schema; choices are
-            wrapped in a `{"choice": ...}` object and unwrapped again).
+            (`grammar`), "openai" (strict `response_format` JSON schema; choices are
+            wrapped in a `{"choice": ...}` object and unwrapped again) or "auto"/None: found
+            out from the server and checked with one constrained request at `start`.
         backoff_s: Like `retries`: not used here; exposed as `self.backoff_s` for the caller.
         transport: An httpx transport to use instead of the network (tests).
     """
@@ -110,8 +120,8 @@ class OpenAIBackend(Backend):
         timeout_s: float = 60.0,
         connect_timeout_s: float = 5.0,
         retries: int | None = None,
-        render: str = "chat",
-        structured: str = "vllm",
+        render: str | None = None,
+        structured: str | None = None,
         backoff_s: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -123,19 +133,24 @@ class OpenAIBackend(Backend):
                 where=_WHERE,
                 fix="write e.g. openai:http://127.0.0.1:8000/v1 (several: comma-separated)",
             )
-        if render not in ("transcript", "chat"):
+        render = None if render == "auto" else render
+        structured = None if structured == "auto" else structured
+        if render not in ("transcript", "chat", None):
             raise UserError(
                 f"unknown render mode {render!r}",
                 where=_WHERE,
-                fix="use render=chat (instruct models) or render=transcript (base models)",
+                fix="use render=chat (instruct models), render=transcript (base models) or "
+                "render=auto (ask the server)",
             )
-        if structured not in STRUCTURED_DIALECTS:
+        if structured not in (*STRUCTURED_DIALECTS, None):
             raise UserError(
                 f"unknown structured-output dialect {structured!r}",
                 where=_WHERE,
-                fix=f"use structured={' or '.join(STRUCTURED_DIALECTS)}",
+                fix=f"use structured={' or '.join(STRUCTURED_DIALECTS)}, or auto",
             )
-        self.render_mode = "chat" if render == "chat" else "transcript"
+        #: Whether the render mode and the dialect were given, or are found out at `start`.
+        self._render_given = render is not None
+        self.render_mode = "transcript" if render == "transcript" else "chat"
         self.parallelism = max(1, int(max_concurrency))
         self.model = model
         self.backend_id = f"openai:{model}" if model else "openai"
@@ -201,14 +216,34 @@ class OpenAIBackend(Backend):
                 limits=limits,
                 transport=self._transport,
             )
-            if self.model is None:
-                try:
+            try:
+                if self.model is None:
                     self.model = await self._discover_model(client)
-                except BaseException:
-                    await client.aclose()
-                    raise
-                self.backend_id = f"openai:{self.model}"
+                    self.backend_id = f"openai:{self.model}"
+                if not self._render_given or self._structured is None:
+                    await self._probe(client)
+            except BaseException:
+                await client.aclose()
+                raise
             self._client = client
+
+    async def _probe(self, client: httpx.AsyncClient) -> None:
+        """Find out what `render=` and `structured=` left open (raises `UserError`)."""
+        from personae.backends._probe import ServerProbe
+
+        probe = ServerProbe(
+            client, self.endpoints[0], str(self.model), min(self._timeout_s, _DISCOVERY_TIMEOUT_S)
+        )
+        if not self._render_given:
+            self.render_mode = await probe.render_mode()
+        if self._structured is None:
+            self._structured = await probe.dialect(
+                self._body,
+                lambda url, body: self._attempt(client, url, body),
+                self._reply_text,
+                self.render_mode,
+                STRUCTURED_DIALECTS,
+            )
 
     async def _discover_model(self, client: httpx.AsyncClient) -> str:
         url = f"{self.endpoints[0]}/models"
@@ -237,19 +272,25 @@ class OpenAIBackend(Backend):
             "model": self.model,
             **request.openai_body(),
         }
-        body.update(self._structured_fields(request))
+        if self._structured is not None:  # else not known until `start`: unconstrained
+            body.update(self._fields(request, self._structured))
         return body
 
-    def _structured_fields(self, request: GenerationRequest) -> dict[str, Any]:
+    def _body(self, request: GenerationRequest, dialect: str) -> dict[str, Any]:
+        """The JSON body sent for `request` with its output constrained in `dialect`."""
+        return {**self.payload(request), **self._fields(request, dialect)}
+
+    def _fields(self, request: GenerationRequest, dialect: str) -> dict[str, Any]:
+        """The body fields that constrain `request`'s output in `dialect`."""
         choices, schema = request.choices, request.json_schema
-        if self._structured == "llamacpp":
+        if dialect == "llamacpp":
             extra: dict[str, Any] = {"cache_prompt": True}
             if choices:
                 extra["grammar"] = choice_grammar(choices)
             elif schema is not None:
                 extra["grammar"] = json_schema_grammar(schema)
             return extra
-        if self._structured == "vllm":
+        if dialect == "vllm":
             if choices:
                 return {"structured_outputs": {"choice": list(choices)}}
             if schema is not None:
@@ -354,8 +395,7 @@ class OpenAIBackend(Backend):
             text = (choice.get("message") or {}).get("content") or ""
         if not isinstance(text, str):
             raise TypeError(f"the reply's text is a {type(text).__name__}")
-        if request.choices and self._structured == "openai":
-            text = self._unwrap_choice(text)
+        text = self._reply_text(text, request, self._structured)
         usage = out.get("usage") or {}
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
         return GenerationResult(
@@ -367,6 +407,10 @@ class OpenAIBackend(Backend):
             latency_s=latency,
             logprobs=parse_logprobs(choice) or _legacy_logprobs(choice),
         )
+
+    def _reply_text(self, text: str, request: GenerationRequest, dialect: str | None) -> str:
+        """The answer in a reply's text (a choice the openai dialect wrapped, unwrapped)."""
+        return self._unwrap_choice(text) if request.choices and dialect == "openai" else text
 
     @staticmethod
     def _unwrap_choice(text: str) -> str:

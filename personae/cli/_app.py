@@ -7,6 +7,7 @@ and keeps its traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from personae.errors import UserError
 from personae.store._labels import condition_text as _condition_text
@@ -79,6 +81,18 @@ def run(
     episodes: Annotated[
         int | None, typer.Option(min=1, help="Run only the first N episodes.")
     ] = None,
+    repeats: Annotated[
+        int | None, typer.Option(min=1, help="Episodes per condition (default: the scenario's).")
+    ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override a scenario field by dotted path, e.g. graph.max_turns=4 or "
+            "agents.helper.sampling.temperature=0.2 (YAML value); repeatable.",
+        ),
+    ] = None,
     backend: Annotated[
         str | None, typer.Option(help="Backend spec for every agent, e.g. embedded, scripted.")
     ] = None,
@@ -142,6 +156,8 @@ def run(
             plan_limit=plan_limit,
             trust_backend=trust_backend,
             notify=lambda line: err.print(line, markup=False),
+            repeats=repeats,
+            settings=settings or (),
         )
     except KeyboardInterrupt:
         if started:
@@ -205,10 +221,11 @@ def _episode_table(log: object) -> None:
     episodes = log.episodes()
     names = sorted({e["scenario"] for e in episodes})
     table = Table(title=f"{log.path}  ({', '.join(names)})", title_justify="left")
-    table.add_column("#", justify="right")
+    table.add_column("#", justify="right", no_wrap=True)
     table.add_column("episode", no_wrap=True)
-    for col in ("condition", "status", "end", "turns"):
-        table.add_column(col, overflow="fold")
+    table.add_column("condition", overflow="fold", min_width=12)
+    for col in ("status", "end", "turns"):  # single words: never split mid-word
+        table.add_column(col, no_wrap=True)
     for i, e in enumerate(episodes):
         cond = json.loads(e["condition_json"] or "{}")
         status = e["status"]
@@ -252,33 +269,74 @@ def _transcript(log: object, episode: str, hidden: bool, view: str | None = None
     verdicts: dict[int | None, list[dict[str, object]]] = {}
     for j in log.judgments(row["episode_id"]):
         verdicts.setdefault(j["turn_idx"], []).append(j)
+    width = _wrap_width()
     for turn in turns:
         colour = palette.setdefault(turn.agent, colours[len(palette) % len(colours)])
         who = f"[bold {colour}]{escape(turn.agent)}[/]"
         if turn.kind == "pass":
-            out.print(f"[dim]{who} passes[/]")
+            _say(f"[dim]{who} passes[/]", width)
             if hidden and turn.decision:  # the policy chose the agent that abstained
-                out.print(f"  [dim]turn policy: {escape(json.dumps(turn.decision))}[/]")
+                _say(f"[dim]turn policy: {escape(json.dumps(turn.decision))}[/]", width, 2)
             continue
         tag = {"seed": " [dim](seed)[/]", "feedback": " [dim](judge's feedback)[/]"}.get(
             turn.kind, ""
         )
         if turn.audience is not None:
             tag += f" [dim italic](privately, to {escape(', '.join(turn.audience))})[/]"
-        out.print(f"{who}{tag}: {escape(turn.text)}")
+        _line(who, tag, escape(turn.text), width)
         if hidden and turn.hidden:
-            out.print(f"  [dim]hidden: {escape(json.dumps(turn.hidden))}[/]")
+            _say(f"[dim]hidden: {escape(json.dumps(turn.hidden))}[/]", width, 2)
         if hidden and turn.decision:
-            out.print(f"  [dim]turn policy: {escape(json.dumps(turn.decision))}[/]")
+            _say(f"[dim]turn policy: {escape(json.dumps(turn.decision))}[/]", width, 2)
         for j in verdicts.get(turn.idx, []) if view is None else []:
-            out.print(f"  [dim]{escape(str(j['judge']))}: {escape(_verdict(j))}[/]")
+            _say(f"[dim]{escape(str(j['judge']))}: {escape(_verdict(j))}[/]", width, 2)
     for j in verdicts.get(None, []) if view is None else []:
-        out.print(f"[dim]{escape(str(j['judge']))} on the episode: {escape(_verdict(j))}[/]")
+        _say(f"[dim]{escape(str(j['judge']))} on the episode: {escape(_verdict(j))}[/]", width)
     passes = sum(t.kind == "pass" for t in turns)
     tail = f", {passes} passes" if passes else ""
     out.rule(f"{row['status']} ({row['end_reason'] or '-'}), {row['n_turns']} turns{tail}")
     if row["error"]:
         out.print(f"[red]error: {escape(row['error'])}[/]")
+
+
+def _wrap_width() -> int | None:
+    """The width transcripts wrap at: the terminal's (or `$COLUMNS`); None when printing to a
+    file or pipe, where each line stays one line."""
+    if out.is_terminal or os.environ.get("COLUMNS", "").strip().isdigit():
+        return out.width
+    return None
+
+
+def _say(markup: str, width: int | None, indent: int = 0) -> None:
+    """Print one line of markup, wrapped at word boundaries to `width` (None: unwrapped) with
+    `indent` spaces before every line."""
+    if width is None:
+        out.print(" " * indent + markup)
+        return
+    _hang(Text(" " * indent), Text.from_markup(markup), width)
+
+
+def _line(who: str, tag: str, text: str, width: int | None) -> None:
+    """A speaker's line `who tag: text`; wrapped, the text hangs beside the speaker's name so
+    names are never split and the lines of one turn stay together."""
+    if width is None:
+        out.print(f"{who}{tag}: {text}")
+        return
+    head = Text.from_markup(f"{who}{tag}: ")
+    if head.cell_len > width // 2:  # a long name or audience: the text goes under it
+        _hang(Text(), head, width)
+        head = Text("  ")
+    _hang(head, Text.from_markup(text), width)
+
+
+def _hang(head: Text, body: Text, width: int) -> None:
+    """`body` wrapped at word boundaries (a word wider than the space folds) to fit beside
+    `head`, its later lines indented by the width of `head`; no trailing spaces."""
+    lines = body.wrap(out, max(width - head.cell_len, 10), overflow="fold")
+    for i, line in enumerate(lines):
+        line.rstrip()
+        prefix = head if i == 0 else Text(" " * head.cell_len)
+        out.print(Text.assemble(prefix, line), soft_wrap=True)
 
 
 @app.command()

@@ -242,6 +242,9 @@ def replay(
             help="With --fork-at: AGENT.sampling.FIELD=VALUE or AGENT.FIELD=VALUE (persona).",
         ),
     ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="With --fork-at: no progress bar.")
+    ] = False,
     trust_backend: TrustBackend = False,
     imports: Imports = None,
 ) -> None:
@@ -278,6 +281,7 @@ def replay(
         result = fork_episode(
             db, episode, fork_at, backend=backend, settings=settings or (),
             trust_backend=trust_backend, notify=lambda line: err.print(line, markup=False),
+            progress=not quiet,
         )  # fmt: skip
         out.print(result.line(), markup=False)
         out.print(

@@ -129,8 +129,12 @@ class Episode:
     prefix: Sequence[Turn] = ()
     #: Model calls in flight, watched by the runner to say when a backend stops answering.
     watch: CallWatch | None = None
+    #: `warn(key, text)`: a warning for the user, shown once per key for the whole run.
+    warn: Callable[[str, str], None] | None = None
     _lines: int = 0  # spoken lines so far (an agent's fixed opening is for the first one)
     _pending: list[asyncio.Task[Judgment]] = field(default_factory=list)
+    #: Constrained-choice answers off their list, by turn, until that turn's row is logged.
+    _off_choice: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.lineage = self.lineage or self.episode_id
@@ -183,9 +187,15 @@ class Episode:
         call: str | None = None,
         decision: dict[str, Any] | None = None,
     ) -> None:
-        """Queue the `turns` row of turn `turn`."""
+        """Queue the `turns` row of turn `turn` (with, in `hidden_json`, any answer of this
+        turn's model calls that was not one of the allowed choices: `off_choice`), and report
+        it to `on_turn` (every logged turn counts, whatever the graph kind)."""
+        if self.on_turn is not None:
+            self.on_turn(self.completion_tokens)
         if self.writer is None:
             return
+        if off := self._off_choice.pop(turn, None):
+            hidden = {**(hidden or {}), "off_choice": off}
         self.writer.insert(
             "turns",
             {
@@ -278,8 +288,6 @@ class Episode:
         self.passes_in_a_row = self.passes_in_a_row + 1 if kind == "pass" else 0
         self._lines += kind == "line"
         self.log_turn(turn, utterance, hidden, cid, decision)
-        if self.on_turn is not None:
-            self.on_turn(self.completion_tokens)
         if self.observers and kind == "line":
             await self._after_line(turn, utterance)
         return utterance
@@ -303,8 +311,6 @@ class Episode:
             self.turns_taken += 1
             self.passes_in_a_row = self.passes_in_a_row + 1 if kind == "pass" else 0
         self.log_turn(turn, utterance, kept.hidden, kept.call_id, kept.decision or decision)
-        if taken and self.on_turn is not None:
-            self.on_turn(self.completion_tokens)
         if kind == "line":
             await self._after_line(turn, utterance)
         return utterance
@@ -480,6 +486,8 @@ class Episode:
         cache_hit: bool,
         purpose: Purpose,
     ) -> None:
+        if request.choices and result.text.strip() not in request.choices:
+            self._note_off_choice(cid, name, turn, backend, request, result)
         if self.writer is None:
             return
         messages = (
@@ -518,3 +526,28 @@ class Episode:
                 "created_at": _now(),
             },
         )
+
+    def _note_off_choice(
+        self,
+        cid: str,
+        name: str,
+        turn: int,
+        backend: Backend,
+        request: GenerationRequest,
+        result: GenerationResult,
+    ) -> None:
+        """An engine that did not constrain a choice request answered off the list: keep it
+        for the turn's `hidden_json` and warn the user (once per agent for the run)."""
+        choices = list(request.choices or ())
+        self._off_choice.setdefault(turn, []).append(
+            {"call_id": cid, "agent": name, "output": result.text[:200], "choices": choices}
+        )
+        if self.warn is not None:
+            shown = ", ".join(choices[:8]) + (", ..." if len(choices) > 8 else "")
+            self.warn(
+                f"off-choice:{name}",
+                f"{name}'s answer {result.text.strip()[:60]!r} (call {cid}) is not one of the "
+                f"allowed choices ({shown}): {backend.backend_id} did not constrain it — for "
+                "an openai: server, set structured= to its dialect (vllm, llamacpp or openai); "
+                "shown once per agent, each such answer is kept in its turn's hidden_json",
+            )

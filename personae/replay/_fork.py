@@ -158,6 +158,7 @@ async def afork_episode(
     settings: Sequence[str] = (),
     trust_backend: bool = False,
     notify: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> ForkResult:
     """Async form of `fork_episode`."""
     path = Path(db)
@@ -196,7 +197,7 @@ async def afork_episode(
     fork = ForkStudy(study, fork_plan, path, setup.episode_id, kept, kept_calls)
     parent = {"parent_episode_id": setup.episode_id, "fork_turn": fork_turn}
     try:
-        result = await execute(fork, db=path, extra_rows=lambda _: parent,
+        result = await execute(fork, db=path, extra_rows=lambda _: parent, progress=progress,
                                trusted=trust_backend or bool(backend), notify=notify)  # fmt: skip
     finally:
         await fork.recorded.close()
@@ -215,6 +216,7 @@ def fork_episode(
     settings: Sequence[str] = (),
     trust_backend: bool = False,
     notify: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> ForkResult:
     """Fork a logged episode at turn `fork_turn` and run the continuation.
 
@@ -227,6 +229,7 @@ def fork_episode(
         trust_backend: Send credentials to the endpoint the database names (a `backend` given
             here always gets them).
         notify: Called with one-line notes (credentials withheld).
+        progress: Show the run's progress on stderr (a bar, or plain lines in a log).
 
     Returns:
         A `ForkResult` naming the new episode.
@@ -243,5 +246,6 @@ def fork_episode(
             settings=settings,
             trust_backend=trust_backend,
             notify=notify,
+            progress=progress,
         )
     )

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from personae._pools import load_pool, pool_ref
-from personae._progress import RunProgress
+from personae._progress import RunProgress, progress_every, watch_backend
 from personae.agents import Agent, Utterance, default_label, get_role
 from personae.backends import create_backend
 from personae.errors import UserError
@@ -186,6 +186,7 @@ async def ajudge_database(
     """Async form of `judge_database`."""
     from personae.export import EpisodeFilter, select_episodes  # export reads replay: no cycle
 
+    every = progress_every() if progress else None
     spec = judge if isinstance(judge, JudgeSpec) else load_judge_spec(judge)
     path = Path(db)
     with RunLog(path) as log:
@@ -212,7 +213,8 @@ async def ajudge_database(
         again = f"personae judge {path} JUDGE.yaml"
         async with TurnLogWriter(path, resume_command=again) as writer:
             gate = asyncio.Semaphore(concurrency or engine.parallelism)
-            with RunProgress(len(histories), progress) as bar:
+            with RunProgress(len(histories), progress, steps="judgments", every=every) as bar:
+                watcher = asyncio.ensure_future(watch_backend(bar, engine.backend_id))
 
                 async def one(episode_id: str, turns: Sequence[Turn]) -> None:
                     async with gate:
@@ -239,12 +241,23 @@ async def ajudge_database(
                             writer=writer,
                             run_seed=spec.seed,
                             observers=observers,
+                            watch=bar.watch,
+                            warn=bar.warn,
                         )
-                        verdicts = await _judge_episode(episode, turns, labels[episode_id])
-                        made.extend((v.valid, v.score) for v in verdicts)
+                        tokens = [0]
+
+                        def verdict(judgment: Judgment) -> None:
+                            made.append((judgment.valid, judgment.score))
+                            bar.turn(episode.completion_tokens - tokens[0])
+                            tokens[0] = episode.completion_tokens
+
+                        await _judge_episode(episode, turns, labels[episode_id], verdict)
                         bar.episode_done(False)
 
-                await asyncio.gather(*(one(e, t) for e, t in histories.items()))
+                try:
+                    await asyncio.gather(*(one(e, t) for e, t in histories.items()))
+                finally:
+                    watcher.cancel()
     finally:
         await engine.close()
         lock.release()
@@ -296,30 +309,28 @@ def _forget(path: Path, judge: str, episode_ids: Sequence[str]) -> None:
 
 
 async def _judge_episode(
-    episode: Episode, turns: Sequence[Turn], labels: dict[str, str]
-) -> list[Judgment]:
-    """The observers' verdicts on a logged episode, exactly as live judges would make them."""
+    episode: Episode,
+    turns: Sequence[Turn],
+    labels: dict[str, str],
+    on_verdict: Callable[[Judgment], None],
+) -> None:
+    """The observers' verdicts on a logged episode, exactly as live judges would make them,
+    each handed to `on_verdict` as it is made (the judges of one line rate it concurrently)."""
     episode.next_turn = len(turns)  # a verdict on the whole episode is logged at its last turn
     history = [
         Utterance(t.agent, labels.get(t.agent) or default_label(t.agent), t.text, t.audience,
                   t.kind)  # type: ignore[arg-type]
         for t in turns
     ]  # fmt: skip
-    verdicts: list[Judgment] = []
+    for i, t in enumerate(turns):
+        lines = [o for o in episode.observers if o.when == "turn" and t.agent in o.watches]
+        if t.kind == "line" and lines:
+            prefix = history[: i + 1]
+            for judgment in await asyncio.gather(*(episode.judge(o, t.idx, prefix) for o in lines)):
+                on_verdict(judgment)
     for observer in episode.observers:
         if observer.when == "end":
-            verdicts.append(await episode.judge(observer, None, history))
-            continue
-        verdicts.extend(
-            await asyncio.gather(
-                *(
-                    episode.judge(observer, t.idx, history[: i + 1])
-                    for i, t in enumerate(turns)
-                    if t.agent in observer.watches and t.kind == "line"
-                )
-            )
-        )
-    return verdicts
+            on_verdict(await episode.judge(observer, None, history))
 
 
 def _labels(log: RunLog, episodes: Sequence[dict[str, Any]]) -> dict[str, dict[str, str]]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import difflib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from personae._yaml import cli_value
 from personae.agents import Agent, Sampling, get_role
 from personae.backends import Backend, RenderMode
 from personae.errors import UserError
@@ -31,7 +31,9 @@ from personae.scenario import (
     load_scenario,
     parse_scenario,
     plan_episodes,
+    plan_shape,
     resolve_scenario_path,
+    with_settings,
 )
 from personae.seeds import check_seed
 from personae.store import RunLog
@@ -72,13 +74,6 @@ def build_observers(scenario: Scenario, agents: Mapping[str, Agent]) -> list[Obs
         route = tuple(spec.route_to) if spec.route_to else None
         observers.append(Observer(judge, scenario.watched(name), spec.when, route))
     return observers
-
-
-def _value(raw: str) -> Any:
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
 
 
 class ConversationStudy(Study):
@@ -179,7 +174,7 @@ class ConversationStudy(Study):
                     where=f"--set {item}",
                     fix=f"agents: {', '.join(agents)}",
                 )
-            value = _value(raw.strip())
+            value = cli_value(raw.strip())
             model: type[BaseModel]
             current: BaseModel
             if len(parts) == 3:
@@ -250,26 +245,49 @@ def _load(spec: dict[str, Any], base_dir: Path) -> Study:
 
 def _effective_scenario(
     scenario: str | Path | Scenario | None,
-    episodes: int | None,
-    backend: str | None,
-    seed: int | None,
+    *,
+    episodes: int | None = None,
+    backend: str | None = None,
+    seed: int | None = None,
+    repeats: int | None = None,
+    settings: Sequence[str] = (),
+    notify: Callable[[str], None] | None = None,
 ) -> Scenario:
-    """The scenario with CLI overrides folded in, so the stored spec reproduces the run."""
+    """The scenario with CLI overrides folded in, so the stored spec reproduces the run:
+    `settings` (`--set KEY=VALUE`, before validation), then `seed`, `repeats`, `episodes` and
+    `backend`. An `episodes` cap above what the scenario plans is said through `notify`."""
     if scenario is None:
         raise UserError("no scenario given", fix="pass a scenario file or --resume DB")
-    spec = (
-        scenario
-        if isinstance(scenario, Scenario)
-        else load_scenario(resolve_scenario_path(scenario))
-    )
+    if isinstance(scenario, Scenario):
+        spec = with_settings(scenario, settings)
+    else:
+        spec = load_scenario(resolve_scenario_path(scenario), settings=settings)
     update: dict[str, Any] = {}
     if seed is not None:
         update["seed"] = check_seed(seed, "seed")
+    if repeats is not None:
+        if repeats < 1:
+            raise UserError(
+                f"repeats must be 1 or more, got {repeats}", where="--repeats", fix="e.g. 2"
+            )
+        update["repeats"] = repeats
     if episodes is not None:
         update["episodes"] = episodes
     if update:
         spec = evolve(spec, **update)
+    if episodes is not None and notify is not None:
+        conditions, times = plan_shape(spec)
+        if episodes > conditions * times:
+            notify(
+                f"--episodes {episodes}: the scenario plans {conditions * times} episodes "
+                f"({_count(conditions, 'condition')} × {_count(times, 'repeat')}); running "  # noqa: RUF001
+                f"{conditions * times} — raise repeats or pass --repeats N to run more"
+            )
     return with_backend(spec, backend) if backend is not None else spec
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def resumed_study(db: Path) -> Study:
@@ -302,6 +320,8 @@ async def arun(
     plan_limit: int | None = None,
     trust_backend: bool = False,
     notify: Any = None,
+    repeats: int | None = None,
+    settings: Sequence[str] = (),
 ) -> RunResult:
     """Async form of `run`."""
     load_imports(imports, where="--import")
@@ -310,16 +330,25 @@ async def arun(
     spec_string = instance.backend_id if instance is not None else backend
     assert spec_string is None or isinstance(spec_string, str)
     study: Study
+    changes: dict[str, Any] = {"episodes": episodes, "seed": seed, "repeats": repeats,
+                               "settings": settings, "notify": notify}  # fmt: skip
     if resume is not None:
         study = resumed_study(Path(resume))
         if spec_string is not None and instance is None:
             study = study.with_backend(spec_string)
         if isinstance(study, ConversationStudy):
-            updated = _effective_scenario(study.scenario, episodes, None, seed)
+            updated = _effective_scenario(study.scenario, **changes)
             study = ConversationStudy(updated, plan_limit=plan_limit)
+        elif settings or repeats is not None:
+            raise UserError(
+                "--set and --repeats apply to conversation scenarios, not to this run's "
+                f"{study.kind} study",
+                where="--resume",
+                fix="resume it without them",
+            )
     else:
         override = spec_string if instance is None else None
-        updated = _effective_scenario(scenario, episodes, override, seed)
+        updated = _effective_scenario(scenario, backend=override, **changes)
         if cli_imports:  # recorded, so a replay's error can name them
             known = updated.imports
             updated = evolve(updated, imports=[*known, *(i for i in cli_imports if i not in known)])
@@ -356,7 +385,10 @@ def run(scenario: str | Path | Scenario | None = None, **options: Any) -> RunRes
             turns (episodes times max_turns) a plan may hold (default 10,000,000).
             `trust_backend`: send credentials (e.g. `$OPENAI_API_KEY`) to endpoints named by
             the scenario file or the database; without it only a `backend` given here gets
-            them.
+            them. `repeats`: episodes per condition (overrides the scenario's). `settings`:
+            `KEY.PATH=VALUE` strings overriding scenario fields before validation (`run
+            --set`), e.g. `graph.max_turns=4`; they are part of the stored spec. `notify`: called
+            with one-line notes (an `episodes` cap above the plan, credentials withheld).
 
     Returns:
         A `RunResult` with counts, tokens and the database path.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from personae._progress import RunProgress
+from personae._progress import RunProgress, progress_every, watch_backend
 from personae._version import __version__
 from personae.backends import Backend, create_backend
 from personae.errors import UserError
@@ -153,6 +153,7 @@ async def _run_episode(
     job = study.job(plan, lent)
     episode = job.episode
     episode.watch = progress.watch
+    episode.warn = progress.warn
     started = utc()
     writer.upsert(
         "episodes", {"episode_id": plan.episode_id, "status": "running", "started_at": started}
@@ -214,6 +215,7 @@ async def execute(
     Raises:
         UserError: a bad database file or backend spec; raised before any run row is written.
     """
+    every = progress_every() if progress else None  # a bad setting is an error before any row
     plans = study.plan()
     db_path = Path(db) if db is not None else default_db_path(study.name)
     check_database(db_path, for_writing=True)
@@ -259,8 +261,8 @@ async def execute(
                 responses = ResponseCache(cache_path, cache_writer)
             services = Services(backends.for_agent, writer, responses, stop_when)
             gate = asyncio.Semaphore(max(1, width))
-            with RunProgress(len(todo), progress) as bar:
-                watcher = asyncio.ensure_future(_watch_backend(bar, backends.spec))
+            with RunProgress(len(todo), progress, every=every) as bar:
+                watcher = asyncio.ensure_future(watch_backend(bar, backends.spec))
 
                 async def one(plan: EpisodePlan) -> tuple[bool, Any]:
                     async with gate:
@@ -344,27 +346,6 @@ def _prepare_database(db_path: Path, plans: Sequence[EpisodePlan]) -> tuple[set[
         ) from exc
     finally:
         database.conn.close()
-
-
-#: Seconds without any reply (calls in flight) after which the progress line says the backend
-#: is not answering.
-STALL_S = 20.0
-
-
-async def _watch_backend(bar: RunProgress, backend: str) -> None:
-    """Keep a note beside the progress bar while no call has been answered for `STALL_S`."""
-    shown = False
-    while True:
-        await asyncio.sleep(min(2.0, STALL_S / 2))
-        waited, calls = bar.watch.stalled()
-        if waited >= STALL_S:
-            bar.note(
-                f"{backend} is not answering: no reply for {waited:.0f} s, {calls} calls waiting"
-            )
-            shown = True
-        elif shown:
-            bar.note("")
-            shown = False
 
 
 def _log_run_start(
