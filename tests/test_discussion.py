@@ -426,3 +426,16 @@ def test_annotators_rate_a_finished_discussion_afterwards(
     spec["judge"]["persona"] = {"rubric": rubric}
     code, _, err = cli(["judge", str(db), str(write_scenario(spec, name="bad.yaml"))], capsys)
     assert code == 2 and "count needs a persona pool" in err
+
+
+def test_show_names_participants_by_their_usernames(
+    write_scenario: WriteScenario, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = _run(write_scenario, tmp_path, discussion(annotators=1))
+    personas = json.loads(db_rows(db, "SELECT personas_json FROM episodes")[0]["personas_json"])
+    code, out, _ = cli(["show", str(db), "0"], capsys)
+    assert code == 0
+    for name, persona in personas.items():
+        if name.startswith("participant"):
+            assert f"{persona['username']}: " in out or f"{persona['username']} (seed)" in out
+    assert "moderator: " in out and "participant_1:" not in out

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from personae.errors import UserError
 from personae.store._labels import condition_text as _condition_text
+from personae.store._labels import speaker_text
 from personae.store._labels import verdict_text as _verdict
 
 #: `--import MODULE_OR_FILE`, repeatable, on every command: user code registering roles, graph
@@ -272,7 +273,7 @@ def _transcript(log: object, episode: str, hidden: bool, view: str | None = None
     width = _wrap_width()
     for turn in turns:
         colour = palette.setdefault(turn.agent, colours[len(palette) % len(colours)])
-        who = f"[bold {colour}]{escape(turn.agent)}[/]"
+        who = f"[bold {colour}]{escape(speaker_text(turn.agent, row['personas']))}[/]"
         if turn.kind == "pass":
             _say(f"[dim]{who} passes[/]", width)
             if hidden and turn.decision:  # the policy chose the agent that abstained

@@ -32,3 +32,11 @@ def verdict_text(row: Mapping[str, Any]) -> str:
     rationale = str(parsed.get("rationale") or "").strip()
     scores = ", ".join(f"{k} {v}" for k, v in parsed.items() if k != "rationale")
     return f"{scores}" + (f" — {rationale}" if rationale else "")
+
+
+def speaker_text(agent: str, personas: Mapping[str, Any]) -> str:
+    """How a speaker is named to a reader: the username its persona gives it (a discussion's
+    participants speak under theirs), else its agent name."""
+    persona = personas.get(agent)
+    username = persona.get("username") if isinstance(persona, Mapping) else None
+    return str(username) if username else agent
