@@ -104,7 +104,8 @@ def test_a_table_an_older_database_lacks_is_empty_with_its_columns(tmp_path: Pat
         conn.execute("DROP TABLE interventions")
     conn.close()
     f = personae.frames(db)
-    assert f.judgments.empty and {"judge", "parsed_json", "valid"} <= set(f.judgments.columns)
+    assert f.judgments.empty and f.judgments.columns[0] == "run_id"
+    assert {"judge", "parsed_json", "valid"} <= set(f.judgments.columns)
     assert f.interventions.empty and len(f.turns) == 14
 
 

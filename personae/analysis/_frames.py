@@ -48,11 +48,11 @@ class Frames:
     run_id: str | None = None
 
     def _read(
-        self, table: str, sql: str, run_column: str = "run_id", order: str = ""
+        self, table: str, sql: str, *, order: str, run_column: str = "run_id", lead: str = ""
     ) -> pd.DataFrame:
-        """Rows of `sql` over `table` (empty, with the schema's columns, if the table is
-        missing from an older database), restricted to the run by `run_column`, sorted by
-        `order`, with the schema's types (integer columns as `Int64`)."""
+        """Rows of `sql` over `table` restricted to the run by `run_column`, sorted by `order`,
+        with the schema's types (integer columns as `Int64`); if an older database lacks the
+        table, an empty frame with its columns (after `lead`, the column `sql` puts first)."""
         check_database(self.path)  # the file may have changed since frames() checked it
         conn = sqlite3.connect(readonly_uri(self.path), uri=True)
         try:
@@ -60,7 +60,7 @@ class Frames:
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
             ).fetchone()
             if present is None:
-                frame = pd.DataFrame(columns=list(table_columns(table)))
+                frame = pd.DataFrame(columns=[*([lead] if lead else []), *table_columns(table)])
             else:
                 params: tuple[str, ...] = ()
                 if self.run_id is not None:
@@ -80,6 +80,7 @@ class Frames:
             "JOIN runs r ON r.run_id = e.run_id",
             run_column="e.run_id",
             order=f"r.created_at, r.run_id, e.idx, e.episode_id, {order}",
+            lead="run_id",
         )
 
     @cached_property
