@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from personae._jsonl import jsonl_objects
 from personae.agents import Item
 from personae.errors import UserError
 
@@ -200,25 +200,7 @@ def _number(value: Any) -> Decimal | None:
 def _records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(
-                        f"malformed JSON line: {exc.msg} (column {exc.colno})",
-                        where=f"{path}:{number}",
-                        fix="each line must be one JSON object",
-                    ) from None
-                if not isinstance(record, dict):
-                    raise UserError(
-                        "a JSONL line must be a JSON object",
-                        where=f"{path}:{number}",
-                        fix=_FORMAT_FIX,
-                    )
-                yield number, record
+        yield from jsonl_objects(path, fix=_FORMAT_FIX)
     elif suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as handle:
             for number, row in enumerate(csv.DictReader(handle), start=2):

@@ -186,6 +186,11 @@ def primary_key(table: str) -> str:
     return str(_TABLES[table]["pk"])
 
 
+def table_columns(table: str) -> dict[str, type]:
+    """The columns of one of the turn log's tables and their Python types, in schema order."""
+    return dict(_TABLES[table]["columns"])
+
+
 def episode_key(scenario: str, condition: dict[str, Any], seed: int, index: int) -> str:
     """Stable episode id from (scenario, condition incl. persona ids, seed, index)."""
     blob = json.dumps([scenario, condition, seed, index], sort_keys=True, default=str)

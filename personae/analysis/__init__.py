@@ -1,0 +1,40 @@
+"""Analysis of run databases: DataFrames of every table, and the discussion study's analysis.
+
+`frames(db)` gives the turn log as pandas DataFrames (`runs`, `episodes`, `turns`, `calls`,
+`judgments`, `interventions`), read when first used. `analyze_discussion(db)` computes the
+facilitated-discussion study's tables (per-strategy toxicity and argument quality, participation,
+diversity and its divergence from human conversations, a mixed-effects regression, annotator
+agreement, one row per comment x annotator); `save_analysis` writes them as CSV and Parquet with
+the figures as PNG and PDF (`personae analyze discussion DB`).
+"""
+
+from personae.analysis._discussion import (
+    BASELINE_JUDGE,
+    STRATEGIES,
+    DiscussionAnalysis,
+    analyze_discussion,
+    strategy_order,
+)
+from personae.analysis._frames import TABLES, Frames, frames
+from personae.analysis._measures import diversity, gini, jensen_shannon, krippendorff_alpha
+from personae.analysis._reference import ReferenceConversation, load_reference
+from personae.analysis._save import TABLE_NAMES, save_analysis
+
+__all__ = [
+    "BASELINE_JUDGE",
+    "STRATEGIES",
+    "TABLES",
+    "TABLE_NAMES",
+    "DiscussionAnalysis",
+    "Frames",
+    "ReferenceConversation",
+    "analyze_discussion",
+    "diversity",
+    "frames",
+    "gini",
+    "jensen_shannon",
+    "krippendorff_alpha",
+    "load_reference",
+    "save_analysis",
+    "strategy_order",
+]
