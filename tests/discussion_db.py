@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from personae.judges import BASELINE_RUBRIC
 from personae.store import TurnLogWriter, open_database
 
 ANNOTATORS: dict[str, dict[str, Any]] = {
@@ -134,7 +135,7 @@ def _rows(run_id: str, index: int, d: Discussion) -> list[tuple[str, str, dict[s
         if line.baseline is not None:
             rows.append(("upsert", "judgments", {
                 "judgment_id": f"{episode}:{idx}:toxicity_baseline", "episode_id": episode,
-                "turn_idx": idx, "judge": "toxicity_baseline", "rubric": "baseline",
+                "turn_idx": idx, "judge": "toxicity_baseline", "rubric": BASELINE_RUBRIC.id,
                 "raw": "{}", "parsed_json": json.dumps({"toxicity": line.baseline}),
                 "valid": 1, "score": line.baseline,
             }))  # fmt: skip

@@ -9,7 +9,6 @@ the figures as PNG and PDF (`personae analyze discussion DB`).
 """
 
 from personae.analysis._discussion import (
-    BASELINE_JUDGE,
     STRATEGIES,
     DiscussionAnalysis,
     analyze_discussion,
@@ -21,7 +20,6 @@ from personae.analysis._reference import ReferenceConversation, load_reference
 from personae.analysis._save import TABLE_NAMES, save_analysis
 
 __all__ = [
-    "BASELINE_JUDGE",
     "STRATEGIES",
     "TABLES",
     "TABLE_NAMES",

@@ -4,8 +4,8 @@ A discussion is a complete episode with turns of role `participant`. Its **comme
 `line` turns of participants and of the facilitator; seed comments (`seed`) and abstentions
 (`pass`) are never comments. Its **strategy** is the facilitator persona's `strategy` (else
 the condition's `facilitator.strategy`; `none` when there is no facilitator). Annotators are the
-judges other than `toxicity_baseline` (a model-free judge, reported on its own); an invalid
-verdict is counted and left out of every mean.
+judges other than the baseline classifier (rubric `alt_profanity_check`, reported on its own);
+an invalid verdict is counted and left out of every mean.
 
 Every per-strategy mean weighs each discussion once: the mean of the discussions' own means,
 with a percentile-bootstrap 95% interval over discussions (`personae.experiments.mean_ci`).
@@ -33,9 +33,9 @@ from personae.analysis._measures import diversity, gini, jensen_shannon, krippen
 from personae.analysis._model import fit_mixed_model
 from personae.analysis._reference import ReferenceConversation, load_reference
 from personae.errors import UserError
+from personae.judges import BASELINE_RUBRIC
 
 #: The model-free judge whose toxicity is reported next to the annotators'.
-BASELINE_JUDGE = "toxicity_baseline"
 #: Facilitation strategies in the order tables and plots show them (others follow, sorted).
 STRATEGIES = (
     "none",
@@ -201,12 +201,12 @@ def _collect(f: Frames, where: str) -> _Data:
     comments = _comment_rows(lines, personas, strategies)
     passes = spoke[(spoke["kind"] == "pass") & (spoke["role"] == "facilitator")]
     verdicts = _verdicts(f.judgments)
-    baseline = verdicts[(verdicts["judge"] == BASELINE_JUDGE) & (verdicts["valid"] == 1)]
+    baseline = verdicts[verdicts["baseline"] & (verdicts["valid"] == 1)]
     baseline = baseline.drop_duplicates(_KEYS)[[*_KEYS, "toxicity"]]
     comments = comments.merge(
         baseline.rename(columns={"toxicity": "baseline_toxicity"}), on=_KEYS, how="left"
     )
-    ratings = _rating_rows(verdicts[verdicts["judge"] != BASELINE_JUDGE], comments, personas)
+    ratings = _rating_rows(verdicts[~verdicts["baseline"]], comments, personas)
     means = ratings[ratings["valid"] == 1].groupby(_KEYS)[list(DIMENSIONS)].mean().reset_index()
     comments = comments.merge(means, on=_KEYS, how="left")
     return _Data(
@@ -254,6 +254,7 @@ def _verdicts(judgments: pd.DataFrame) -> pd.DataFrame:
         "episode_id": on_turns["episode_id"].astype(str),
         "turn": on_turns["turn_idx"].astype(int),
         "judge": on_turns["judge"].astype(str),
+        "baseline": (on_turns["rubric"].astype(str) == BASELINE_RUBRIC.id).astype(bool),
         "valid": valid.astype(int),
     }
     for dim in DIMENSIONS:

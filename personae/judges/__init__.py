@@ -7,7 +7,12 @@ decoding; its verdicts go into the `judgments` table, never into the conversatio
 (`route_to: [learner]`) as a private line. `judge_database` applies a judge to a finished run.
 """
 
-from personae.judges._annotators import Annotator, AnnotatorPersona, ProfanityCheck
+from personae.judges._annotators import (
+    BASELINE_RUBRIC,
+    Annotator,
+    AnnotatorPersona,
+    ProfanityCheck,
+)
 from personae.judges._judge import (
     JUDGES,
     JudgeAgent,
@@ -19,6 +24,7 @@ from personae.judges._judge import (
 from personae.judges._rubric import Dimension, Rubric
 
 __all__ = [
+    "BASELINE_RUBRIC",
     "JUDGES",
     "Annotator",
     "AnnotatorPersona",
