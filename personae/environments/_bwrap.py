@@ -175,6 +175,7 @@ def _probe(bwrap: str, uid: int | None) -> str | None:
             capture_output=True,
             text=True,
             timeout=30,
+            env={"PATH": "/usr/bin:/bin"},
             user=uid,
             group=uid,
             extra_groups=[] if uid is not None else None,

@@ -16,6 +16,7 @@ command that replaced or killed the shell) is killed and the caller starts a new
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
 import time
@@ -30,6 +31,8 @@ _TAIL = 32
 #: Seconds a timed-out command's shell gets to answer once the command's processes are killed.
 _GRACE_S = 1.0
 _READ = 1 << 16
+#: The environment bwrap itself runs with (the shell's own is set by `--setenv`).
+BARE_ENV = {"PATH": "/usr/bin:/bin"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,16 +160,32 @@ class Sandbox:
             UserError: bwrap refused to start (its first error line).
         """
         t0 = time.perf_counter()
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            user=self.uid,
-            group=self.uid,
-            extra_groups=[] if self.uid is not None else None,
-            start_new_session=True,
-        )
+        # the sandbox can read its init's environment and command line in /proc: bwrap gets
+        # a bare environment (the host's may hold keys and tokens) and its options by pipe
+        split = self.argv.index("--")
+        args = b"\0".join(a.encode() for a in self.argv[1:split]) + b"\0"
+        assert len(args) < 60_000, "bwrap's arguments must fit in a pipe's buffer"
+        read_end, write_end = os.pipe()
+        try:
+            with open(write_end, "wb") as pipe:
+                pipe.write(args)
+            self.proc = await asyncio.create_subprocess_exec(
+                self.argv[0],
+                "--args",
+                str(read_end),
+                *self.argv[split:],
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=BARE_ENV,
+                pass_fds=(read_end,),
+                user=self.uid,
+                group=self.uid,
+                extra_groups=[] if self.uid is not None else None,
+                start_new_session=True,
+            )
+        finally:
+            os.close(read_end)
         ran = await self.run(":", timeout)
         if ran.shell_lost or ran.exit_code != 0:
             assert self.proc.stderr is not None

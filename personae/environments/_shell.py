@@ -36,8 +36,9 @@ from personae.environments._state import State, snapshot_files, usage
 from personae.environments._task import Task, materialize
 from personae.errors import UserError
 
-#: Seconds between two looks at the workspace's size while the sandbox lives.
-WATCH_S = 0.25
+#: Seconds between two looks at the workspace's size while the sandbox lives (at least ten
+#: times as long as a look takes, so a large workspace costs the host at most a tenth of a core).
+WATCH_S = 0.1
 #: The longest command accepted, in bytes.
 MAX_COMMAND_BYTES = 256 * 1024
 #: Timed-out commands report this exit status (as `timeout` does).
@@ -177,9 +178,12 @@ class ShellEnvironment(Environment):
         return reason
 
     async def _watch_workspace(self) -> None:
+        pause = WATCH_S
         while self.ended is None and not self._closed:
-            await asyncio.sleep(WATCH_S)
+            await asyncio.sleep(pause)
+            t0 = time.perf_counter()
             await self._check_workspace()
+            pause = max(WATCH_S, 10 * (time.perf_counter() - t0))
 
     def _ended_result(self, output: str = "", notes: tuple[str, ...] = ()) -> StepResult:
         note = f"the episode has ended: {self.ended}"
