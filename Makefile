@@ -6,7 +6,7 @@ EPISODES ?= 2
 
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install demo test test-vllm lint clean
+.PHONY: install bwrap demo test test-vllm lint clean
 
 $(BIN)/personae: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +16,25 @@ $(BIN)/personae: pyproject.toml
 
 install: $(BIN)/personae  ## create .venv and install personae with test tools
 
+# The shell environment's sandbox is bubblewrap, a Debian package: installed when missing and
+# this is root with apt-get (as on CI); otherwise one line says how.
+bwrap:  ## install bubblewrap (the shell sandbox) when it is missing
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; }; \
+	  else \
+	    echo "bubblewrap is missing; the shell environment needs it: sudo apt-get install bubblewrap"; \
+	  fi; }
+
 demo: install  ## run the counseling scenario on the embedded model and print a transcript
 	rm -f logs/demo.db logs/demo.db-wal logs/demo.db-shm
 	$(BIN)/personae run counseling_cbt --episodes $(EPISODES) --db logs/demo.db
 	$(BIN)/personae show logs/demo.db
 	$(BIN)/personae show logs/demo.db 0
 
-test: install  ## the whole test suite, real-model tests included
+test: install bwrap  ## the whole test suite, real-model tests included
 	$(BIN)/python -m pytest -q
 
 # vLLM's CPU build in its own environment: it pins torch and protobuf differently from the

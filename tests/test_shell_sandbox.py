@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -238,3 +239,24 @@ def test_an_unreachable_run_folder_is_one_line(tmp_path: Path) -> None:
     finally:
         run.close()
         remove_tree(tmp_path / "runs")
+
+
+def test_the_readme_task_and_example_run_as_written(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(\w+)\n(.*?)```", readme, re.S)
+    task_yaml = next(
+        text for kind, text in blocks if kind == "yaml" and "id: open-the-share" in text
+    )
+    code = next(text for kind, text in blocks if kind == "python" and "open_environment" in text)
+    path = tmp_path / "open-the-share.yaml"
+    path.write_text(task_yaml, encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "-c", code.replace('"open-the-share.yaml"', repr(str(path)))],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "share/payroll.csv" in out and "-rw-r--r-- 1 user user" in out
+    assert "{'payroll_opened': True}" in out
