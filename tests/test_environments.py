@@ -185,6 +185,8 @@ def _bad_tasks(tmp_path: Path) -> list[tuple[dict[str, Any], str]]:
         (_task_data(setup={"files": [{"path": "../up", "content": "x"}]}), "setup.files.0.path"),
         (_task_data(setup={"files": [{"path": "a", "content": "x", "mode": 644}]}), "quoted"),
         (_task_data(setup={"files": [*files], "app": {"kind": "notes"}}), "serves no app"),
+        (_task_data(base_dir="/"), "unknown key 'base_dir'"),
+        (_task_data(judge_notes="x"), "unknown key 'judge_notes'"),
     ]
 
 

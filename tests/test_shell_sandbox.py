@@ -216,6 +216,14 @@ async def test_a_missing_or_unusable_bwrap_is_one_line(run_folder: RunFolder) ->
     assert "\n" not in str(err.value) and run_folder.episode_folders() == []
 
 
+async def test_a_setup_over_the_workspace_limit_is_one_line(run_folder: RunFolder) -> None:
+    t = task(setup={"files": [{"path": "big.txt", "content": "x" * (2 << 20)}]})
+    with pytest.raises(UserError, match="over the workspace's limits: the workspace holds 2 MiB"):
+        async with open_environment("shell", run_folder, {"workspace_mb": 1}) as env:
+            await env.reset(t)
+    assert run_folder.episode_folders() == []
+
+
 def test_options_are_validated() -> None:
     with pytest.raises(UserError, match="command_timeout_s"):
         from personae.environments import environment_options

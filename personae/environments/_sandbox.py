@@ -37,7 +37,9 @@ BARE_ENV = {"PATH": "/usr/bin:/bin"}
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Resource limits of one sandbox (each process; the process count for the sandbox)."""
+    """Resource limits of one sandbox: CPU time, memory, open files and file size for each
+    process, and the number of processes for the sandbox — the kernel (5.14 and later) counts
+    a user's processes per user namespace, and each sandbox has its own."""
 
     cpu_seconds: int
     memory_mb: int
@@ -233,13 +235,15 @@ class Sandbox:
         nonce = secrets.token_hex(8)
         collector = _Collector(nonce, self.output_bytes, self._carried)
         self._carried = b""
-        try:
-            proc.stdin.write(nonce.encode() + b"\0" + command.encode() + b"\0")
-            await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            return await self._lost(collector, timed_out=False)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        try:
+            proc.stdin.write(nonce.encode() + b"\0" + command.encode() + b"\0")
+            await asyncio.wait_for(proc.stdin.drain(), timeout)
+        except (BrokenPipeError, ConnectionResetError):
+            return await self._lost(collector, timed_out=False)
+        except TimeoutError:  # a shell that no longer reads its commands
+            return await self._lost(collector, timed_out=True)
         timed_out = False
         while True:
             remaining = deadline - loop.time()

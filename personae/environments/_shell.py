@@ -140,6 +140,13 @@ class ShellEnvironment(Environment):
         if self.uid is not None:
             await asyncio.to_thread(_hand_over, self.workspace, self.uid)
         self.initial_state = await self.final_state()
+        too_big = self._over_limit((dict(self.initial_state.files), self.initial_state.complete))
+        if too_big is not None:
+            raise UserError(
+                f"the task's setup is over the workspace's limits: {too_big}",
+                where=task.source,
+                fix="make the setup smaller, or raise workspace_mb / workspace_files",
+            )
         await self._start()
         self._watch = asyncio.create_task(self._watch_workspace())
         return Observation(

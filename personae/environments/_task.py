@@ -48,7 +48,7 @@ class SetupFile(BaseModel):
     """One file (or folder) the workspace starts with: inline `content`, or copied `from` a
     path relative to the task file's folder (a folder is copied whole)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str = Field(description="Where it goes, relative to the workspace.")
     content: str | None = Field(None, description="Its text.")
@@ -153,6 +153,9 @@ def task_from_dict(data: Any, source: str = "task", base_dir: Path | None = None
     if not isinstance(data, dict):
         raise UserError("a task must be a mapping of keys", where=source, fix=f"see {_DOCS}")
     base = base_dir if base_dir is not None else Path(".")
+    for key in ("base_dir", "source"):  # set from where the file is, never by the file
+        if key in data:
+            raise UserError(f"unknown key {key!r}", where=source, fix=f"remove it; see {_DOCS}")
     try:
         task = Task.model_validate({**data, "base_dir": base, "source": source})
     except ValidationError as exc:
