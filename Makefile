@@ -16,15 +16,21 @@ $(BIN)/personae: pyproject.toml
 
 install: $(BIN)/personae  ## create .venv and install personae with test tools
 
-# Debian's chromium for the browser test of `personae browse` (Playwright drives it; its own
-# browser download cannot work offline). Skipped when chromium is already there.
-SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
-system-deps:  ## install chromium (apt) unless present
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if command -v apt-get >/dev/null 2>&1; then \
-	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; \
+# System packages: Debian's chromium for the browser test of `personae browse` (Playwright
+# drives it; its own browser download cannot work offline) and bubblewrap, the shell
+# environment's sandbox. Installed with apt-get when missing (as root, as on CI); otherwise one
+# line says what to install.
+SYSTEM_PACKAGES = chromium:chromium bwrap:bubblewrap
+system-deps:  ## install chromium and bubblewrap (apt) unless present
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	[ -z "$$missing" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; }; \
 	  else \
-	    echo "chromium not found and no apt-get here: install Chromium to run the browser test"; \
+	    echo "missing system packages:$$missing (sudo apt-get install$$missing)"; \
 	  fi; }
 
 demo: install  ## run the counseling scenario on the embedded model and print a transcript
