@@ -221,6 +221,9 @@ def test_replay_verify_and_a_fork_reproduce_the_choices(planted: tuple[Path, Scr
     assert chosen_call == [{"purpose": "candidate"}]  # the kept line's call came with it
     assert judged == {0, 2, 4}  # the kept choices are this fork's verdicts too
     assert all(r.identical for r in verify_run(db)), [r.line() for r in verify_run(db)]
+    # the fork's kept choices are its parent's: read back once (turn 4 is the fork's own)
+    mine = [(c.episode_id, c.turn) for c in candidate_report(db).choices]
+    assert len(mine) == 7 and (fork.episode_id, 4) in mine and (fork.episode_id, 2) not in mine
 
 
 def test_a_changed_candidate_prompt_is_a_difference(planted: tuple[Path, Script]) -> None:
@@ -418,6 +421,26 @@ def test_candidates_in_a_group_conversation_and_a_chosen_pass(tmp_path: Path) ->
     assert "Line of ann loud t0." in ben[-1]["prompt"]
     assert "chair" not in {t["agent"] for t in turns}  # the supervisor takes no turns
     assert all(r.identical for r in verify_run(db))
+
+
+def test_candidates_render_chat_prompts_with_the_seat_s_lines_as_their_own(tmp_path: Path) -> None:
+    script = Script(["integrative"])
+    path = tmp_path / "chat.yaml"
+    path.write_text(yaml.safe_dump(candidate_scenario(repeats=1)), encoding="utf-8")
+    backend = ScriptedBackend(replies=script, render_mode="chat")
+    personae.run(path, db=tmp_path / "chat.db", backend=backend)
+    later = next(r for r in script.asked if r.tags.get("candidate") == "mi" and r.tags["turn"] == 4)
+    assert later.messages is not None
+    roles = [(m.role, m.content) for m in later.messages]
+    assert roles[0][0] == "system" and "Jonah Whitfield" in roles[0][1]
+    assert ("assistant", "Proposal integrative t2.") in roles  # the seat's line is its own
+    assert not any("Proposal cbt t2." in text for _, text in roles)
+    choose = next(
+        r for r in script.asked if r.tags.get("purpose") == "choose" and r.tags["turn"] == 4
+    )
+    assert choose.messages is not None and [m.role for m in choose.messages] == ["system", "user"]
+    assert "[mi] Proposal mi t4." in choose.messages[1].content
+    assert all(r.identical for r in verify_run(tmp_path / "chat.db"))
 
 
 def test_the_shipped_scenario_runs_on_the_scripted_backend(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ order the supervisor saw them in; the supervisor's verdict is in `judgments` (tu
 supervisor), invalid when no valid choice came and the first candidate was said. Such a
 fallback is no preference: it gives no pairs and counts in no rating.
 
-- `candidate_choices` reads every choice of the chosen episodes, in run, episode and turn order.
+- `candidate_choices` reads every choice of the chosen episodes, in run, episode and turn order
+  (a fork's own only: the turns it kept from its parent are the parent's choices).
 - `candidate_pairs` makes DPO records from them: the agent's own view of the conversation
   before the turn (as `personae export --format dpo` renders a prompt), the chosen proposal,
   and each rejected one that differs from it.
@@ -69,7 +70,10 @@ class Choice:
         return [c for c in self.proposals if c != self.chosen]
 
 
-def _choices(log: RunLog, episode_id: str) -> list[Choice]:
+def _choices(log: RunLog, episode: dict[str, Any]) -> list[Choice]:
+    """The choices of one episode (a fork's from its fork turn: the earlier ones are its
+    parent's, kept verbatim)."""
+    episode_id, since = str(episode["episode_id"]), int(episode.get("fork_turn") or 0)
     verdicts = {
         (j["turn_idx"], j["judge"]): bool(j["valid"])
         for j in log.judgments(episode_id)
@@ -78,7 +82,7 @@ def _choices(log: RunLog, episode_id: str) -> list[Choice]:
     found = []
     for turn in log.turns(episode_id):
         tree = turn.hidden.get("candidates")
-        if not isinstance(tree, list) or "chosen" not in turn.hidden:
+        if not isinstance(tree, list) or "chosen" not in turn.hidden or turn.idx < since:
             continue
         supervisor = str(turn.hidden.get("supervisor") or "")
         found.append(
@@ -107,7 +111,7 @@ def candidate_choices(db: str | Path, chosen: EpisodeFilter | None = None) -> li
     """
     with RunLog(db) as log:
         episodes = select_episodes(log, chosen or EpisodeFilter())
-        return [c for e in episodes for c in _choices(log, e["episode_id"])]
+        return [c for e in episodes for c in _choices(log, e)]
 
 
 def candidate_pairs(
@@ -135,7 +139,7 @@ def candidate_pairs(
         for episode in _scenario_episodes(log, chosen):
             picks = [
                 c
-                for c in _choices(log, episode["episode_id"])
+                for c in _choices(log, episode)
                 if c.role == role and c.valid and (judge is None or c.supervisor == judge)
             ]
             if not picks:
