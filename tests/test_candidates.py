@@ -579,6 +579,7 @@ def test_a_short_episode_with_candidates_on_the_real_model(tmp_path: Path) -> No
     spec = yaml.safe_load((REPO / "scenarios" / "counseling_candidates.yaml").read_text())
     spec["graph"]["max_turns"] = 3
     spec["repeats"] = 1
+    del spec["agents"]["alliance_rater"]  # the session rating is tested on the scripted backend
     for agent in spec["agents"].values():
         if isinstance(agent["persona"], str):
             agent["persona"] = str(REPO / "scenarios" / agent["persona"])
@@ -604,6 +605,4 @@ def test_a_short_episode_with_candidates_on_the_real_model(tmp_path: Path) -> No
     assert all(p["call_id"] for p in tree.values())
     choices = [j for j in verdicts if j["judge"] == "supervisor"]
     assert len(choices) == 2 and all(j["valid"] for j in choices)  # the grammar holds
-    (session,) = [j for j in verdicts if j["judge"] == "alliance_rater"]
-    assert session["valid"] and 0 <= session["score"] <= 10
     assert all(r.identical for r in verify_run(db))
