@@ -733,7 +733,7 @@ def _candidate_ids(scenario: Scenario, seat: str, cache: dict[str, BaseModel]) -
     parts = []
     for i, c in enumerate(scenario.agents[seat].candidates or ()):
         own = _candidate_persona(scenario, seat, i, cache) if c.persona is not None else None
-        parts.append(c.id if own is None else f"{c.id}={getattr(own, 'id', None) or i}")
+        parts.append(c.id if own is None else f"{c.id}={getattr(own, 'id', None) or 'own'}")
     return " ".join(parts)
 
 

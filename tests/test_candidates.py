@@ -221,9 +221,14 @@ def test_replay_verify_and_a_fork_reproduce_the_choices(planted: tuple[Path, Scr
     assert chosen_call == [{"purpose": "candidate"}]  # the kept line's call came with it
     assert judged == {0, 2, 4}  # the kept choices are this fork's verdicts too
     assert all(r.identical for r in verify_run(db)), [r.line() for r in verify_run(db)]
+    # a persona field set on a fork reaches the candidates that speak with the agent's persona
+    other = fork_episode(db, parent, 3, backend="scripted", settings=["counselor.name=Dr. Lee"])
+    with personae.RunLog(db) as log:
+        asked = {c["agent"]: c["prompt"] for c in log.calls(other.episode_id) if c["turn_idx"] == 4}
+    assert "Dr. Lee" in asked["counselor#cbt"] and "Dr. Lee" not in asked["counselor#mi"]
     # the fork's kept choices are its parent's: read back once (turn 4 is the fork's own)
     mine = [(c.episode_id, c.turn) for c in candidate_report(db).choices]
-    assert len(mine) == 7 and (fork.episode_id, 4) in mine and (fork.episode_id, 2) not in mine
+    assert len(mine) == 8 and (fork.episode_id, 4) in mine and (fork.episode_id, 2) not in mine
 
 
 def test_a_changed_candidate_prompt_is_a_difference(planted: tuple[Path, Script]) -> None:

@@ -254,6 +254,9 @@ class ConversationStudy(Study):
                 changes.setdefault(agent, {})[f"sampling.{field}"] = recorded
             else:
                 personas[agent] = updated
+                for key, (seat, candidate) in self.scenario.candidates().items():
+                    if seat == agent and candidate.persona is None:  # it speaks as the agent
+                        personas[key] = updated
                 changes.setdefault(agent, {})[field] = recorded
         study = ConversationStudy(evolve(self.scenario, agents=agents))
         plan = EpisodePlan(plan.index, plan.repeat, plan.episode_id, plan.condition, personas,
