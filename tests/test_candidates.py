@@ -611,3 +611,16 @@ def test_a_short_episode_with_candidates_on_the_real_model(tmp_path: Path) -> No
     choices = [j for j in verdicts if j["judge"] == "supervisor"]
     assert len(choices) == 2 and all(j["valid"] for j in choices)  # the grammar holds
     assert all(r.identical for r in verify_run(db))
+
+
+def test_scripted_replies_can_key_one_candidate(tmp_path: Path) -> None:
+    path = tmp_path / "keyed.yaml"
+    path.write_text(yaml.safe_dump(candidate_scenario(repeats=1)), encoding="utf-8")
+    backend = ScriptedBackend(replies={"counselor#mi": ["MI one.", "MI two."], "counselor": ["C."]})
+    personae.run(path, db=tmp_path / "keyed.db", backend=backend)
+    trees = [
+        {p["id"]: p["text"] for p in json.loads(r["hidden_json"])["candidates"]}
+        for r in db_rows(tmp_path / "keyed.db", "SELECT hidden_json FROM turns WHERE idx IN (2, 4)")
+    ]
+    assert [t["mi"] for t in trees] == ["MI one.", "MI two."]  # its own list, in order
+    assert {t["cbt"] for t in trees} == {t["integrative"] for t in trees} == {"C."}
