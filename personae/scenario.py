@@ -1,10 +1,11 @@
 """Scenario files: a YAML spec validated by pydantic, expanded into a plan of episodes.
 
 A scenario names the graph kind and its options, the agents (role, persona file or inline
-mapping, sampling, optional backend, audience, context window, or — for judges — whom they
-observe), the default backend, the seed, repeats and an optional persona grid: a mapping from
-`AGENT.persona` (a list of files or a glob) or `AGENT.FIELD` (values of a persona field) to lists
-of values; every combination is one condition. `imports:` lists Python files or modules with the
+mapping, sampling, optional backend, audience, context window, candidates proposing its lines
+and the supervisor choosing among them, or — for judges — whom they observe), the default
+backend, the seed, repeats and an optional persona grid: a mapping from `AGENT.persona` (a list
+of files or a glob) or `AGENT.FIELD` (values of a persona field) to lists of values; every
+combination is one condition. `imports:` lists Python files or modules with the
 scenario's own roles, graph kinds, turn policies or judges. Everything — YAML syntax, unknown
 keys, unknown roles, graph kinds and policies, audiences and topologies naming missing agents,
 missing persona files, persona fields — is checked by `load_scenario` and `plan_episodes` before
@@ -17,7 +18,7 @@ import glob
 import itertools
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,28 @@ from personae.validation import validate_persona, validation_error
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+#: Candidate ids: what a supervisor's choice names (a code of its rubric).
+CANDIDATE_ID = r"^[A-Za-z0-9_.-]+$"
+
+
+class CandidateSpec(_Spec):
+    """One candidate for an agent's lines: the fields it changes in the agent's own spec."""
+
+    id: str = Field(pattern=CANDIDATE_ID, max_length=40, description="Named by the choice.")
+    persona: str | dict[str, Any] | None = Field(
+        None, description="A persona file or inline mapping (default: the agent's own)."
+    )
+    sampling: dict[str, Any] | None = Field(
+        None, description="Sampling fields replacing the agent's (the others are kept)."
+    )
+    backend: str | None = Field(None, description="Backend spec (default: the agent's).")
+
+
+def candidate_key(seat: str, candidate: str) -> str:
+    """How candidate `candidate` of agent `seat` is named in backends, personas and calls."""
+    return f"{seat}#{candidate}"
 
 
 class AgentSpec(_Spec):
@@ -84,6 +107,20 @@ class AgentSpec(_Spec):
     route_to: list[str] | None = Field(
         None, description="A judge's verdicts go to these agents as a private line."
     )
+    candidates: list[CandidateSpec] | None = Field(
+        None,
+        description="K >= 2 candidates propose each of this agent's lines (its own spec with "
+        "their changes); the supervisor picks the one said.",
+    )
+    supervisor: str | None = Field(
+        None, description="The judge agent that picks among the candidates (it takes no turns)."
+    )
+
+    def candidate_sampling(self, candidate: CandidateSpec) -> Sampling:
+        """A candidate's sampling: this agent's, with the candidate's fields replaced."""
+        if not candidate.sampling:
+            return self.sampling
+        return Sampling.model_validate({**self.sampling.model_dump(), **candidate.sampling})
 
 
 class PoolSpec(_Spec):
@@ -144,9 +181,24 @@ class Scenario(_Spec):
     source: str = Field(default="scenario", exclude=True)
     _kind: GraphKind | None = PrivateAttr(None)
 
+    def supervisors(self) -> frozenset[str]:
+        """Agents that choose among candidates (they take no turns)."""
+        return frozenset(a.supervisor for a in self.agents.values() if a.supervisor)
+
+    def candidates(self) -> dict[str, tuple[str, CandidateSpec]]:
+        """Every candidate, by `candidate_key`: (its agent, its spec), in scenario order."""
+        return {
+            candidate_key(seat, c.id): (seat, c)
+            for seat, spec in self.agents.items()
+            for c in spec.candidates or ()
+        }
+
     def cast(self) -> Cast:
-        """The agents by part: who takes turns and who observes."""
-        speakers = tuple(n for n, a in self.agents.items() if a.observes is None)
+        """The agents by part: who takes turns and who observes (supervisors do neither)."""
+        chooses = self.supervisors()
+        speakers = tuple(
+            n for n, a in self.agents.items() if a.observes is None and n not in chooses
+        )
         observers = tuple(n for n, a in self.agents.items() if a.observes is not None)
         return Cast(
             speakers=speakers,
@@ -376,7 +428,9 @@ def _check_agents(scenario: Scenario) -> None:
                         fix=f"agents: {', '.join(names)}",
                     )
         is_judge = issubclass(cls, JudgeAgent)
-        if agent.observes is None:
+        if agent.observes is None and name in scenario.supervisors():
+            pass  # a supervisor: checked with the agent it chooses for
+        elif agent.observes is None:
             if is_judge:
                 raise UserError(
                     f"agent {name!r} has the judge role {agent.role!r} but observes nobody",
@@ -432,6 +486,92 @@ def _check_agents(scenario: Scenario) -> None:
                 fix="give one of them another label",
             )
         labels[label] = name
+        _check_candidates(scenario, name)
+
+
+def _check_candidates(scenario: Scenario, name: str) -> None:
+    """An agent's candidates and supervisor (raises `UserError`)."""
+    spec, where = scenario.agents[name], f"{scenario.source}: agents.{name}"
+    candidates, supervisor = spec.candidates, spec.supervisor
+    if candidates is None:
+        if supervisor is not None:
+            raise UserError(
+                "a supervisor needs candidates to choose from",
+                where=f"{where}.supervisor",
+                fix="add candidates: [{id: A}, {id: B}], or remove supervisor",
+            )
+        return
+    if len(candidates) < 2:
+        raise UserError(
+            f"an agent with candidates needs at least 2, got {len(candidates)}",
+            where=f"{where}.candidates",
+            fix="add another candidate, or remove candidates and supervisor to let the agent "
+            "speak alone",
+        )
+    if spec.observes is not None or name in scenario.supervisors():
+        raise UserError(
+            "only an agent that takes turns can have candidates",
+            where=f"{where}.candidates",
+            fix="remove them",
+        )
+    ids = [c.id for c in candidates]
+    if len(set(ids)) != len(ids):
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise UserError(
+            f"candidate id {twice!r} is used twice",
+            where=f"{where}.candidates",
+            fix="give every candidate its own id",
+        )
+    for i, candidate in enumerate(candidates):
+        key = f"agents.{name}.candidates[{i}]"
+        at = f"{scenario.source}: {key}"
+        if candidate_key(name, candidate.id) in scenario.agents:
+            raise UserError(
+                f"candidate {candidate.id!r} has the name of agent "
+                f"{candidate_key(name, candidate.id)!r}",
+                where=f"{at}.id",
+                fix="rename the candidate or that agent",
+            )
+        if candidate.persona is not None and pool_ref(candidate.persona) is not None:
+            raise UserError(
+                "a candidate's persona is a file or a mapping, not a pool",
+                where=f"{at}.persona",
+                fix="name a persona file",
+            )
+        try:
+            spec.candidate_sampling(candidate)
+        except ValidationError as exc:
+            raise validation_error(
+                exc, scenario.source, Sampling, prefix=f"{key}.sampling"
+            ) from None
+    if supervisor is None:
+        raise UserError(
+            "candidates need a supervisor to choose among them",
+            where=f"{where}.supervisor",
+            fix="name a judge agent, e.g. supervisor: supervisor",
+        )
+    chooser = scenario.agents.get(supervisor)
+    others = [n for n in scenario.agents if n != name]
+    if chooser is None or supervisor == name:
+        raise UserError(
+            f"supervisor names {'itself' if supervisor == name else repr(supervisor)}, "
+            "which is not another agent",
+            where=f"{where}.supervisor",
+            fix=f"agents: {', '.join(others)}",
+        )
+    if not issubclass(get_role(chooser.role), JudgeAgent):
+        raise UserError(
+            f"supervisor {supervisor!r} has the role {chooser.role!r}, which is not a judge",
+            where=f"{scenario.source}: agents.{supervisor}.role",
+            fix="use role 'judge' with a choice rubric",
+        )
+    if chooser.observes is not None or chooser.candidates or chooser.route_to is not None:
+        raise UserError(
+            f"supervisor {supervisor!r} has observes, route_to or candidates: a supervisor "
+            "only chooses among candidates",
+            where=f"{scenario.source}: agents.{supervisor}",
+            fix="use another judge agent as the supervisor",
+        )
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -541,6 +681,7 @@ def plan_episodes(
         )
     plans: list[EpisodePlan] = []
     cache: dict[str, BaseModel] = {}
+    checked: set[tuple[str, int]] = set()
     pools = _load_pools(scenario)
     combos = list(itertools.product(*(values for _, _, values in axes)))
     for repeat in range(scenario.repeats):
@@ -570,6 +711,11 @@ def plan_episodes(
                 personas[agent] = cache[key]
                 condition[agent] = {"persona": getattr(personas[agent], "id", None),
                                     **overrides[agent]}  # fmt: skip
+            for seat, spec in scenario.agents.items():
+                if spec.candidates:  # which candidates (and their personas) it has
+                    condition.setdefault(seat, {})["candidates"] = _candidate_ids(
+                        scenario, seat, cache
+                    )
             episode_id = episode_key(scenario.name, condition, scenario.seed, repeat)
             if pools:
                 rng = random.Random(derive_seed(scenario.seed, episode_id, 0, "pools"))
@@ -579,6 +725,14 @@ def plan_episodes(
                     fields = {**pool_ref(refs[agent])[1], **overrides[agent]}  # type: ignore[index]
                     personas[agent] = _pool_persona(scenario, agent, member, fields)
             personas = {n: personas[n] for n in scenario.agents}
+            for key, (seat, candidate) in scenario.candidates().items():
+                i = scenario.agents[seat].candidates.index(candidate)  # type: ignore[union-attr]
+                personas[key] = (
+                    personas[seat]
+                    if candidate.persona is None
+                    else _candidate_persona(scenario, seat, i, cache)
+                )
+            check_judges(scenario, personas, checked)
             index = len(plans)
             plans.append(
                 EpisodePlan(
@@ -591,6 +745,68 @@ def plan_episodes(
                 )
             )
     return plans
+
+
+def _candidate_persona(
+    scenario: Scenario, seat: str, index: int, cache: dict[str, BaseModel]
+) -> BaseModel:
+    """Candidate `index` of agent `seat`'s own persona (loaded once)."""
+    ref = scenario.agents[seat].candidates[index].persona  # type: ignore[index]
+    assert ref is not None
+    key = repr((seat, "candidate", ref))
+    if key not in cache:
+        where = f"{scenario.source}: agents.{seat}.candidates[{index}].persona"
+        cache[key] = _load_persona(scenario, seat, ref, {}, where)
+    return cache[key]
+
+
+def _candidate_ids(scenario: Scenario, seat: str, cache: dict[str, BaseModel]) -> str:
+    """`ID` per candidate, `ID=PERSONA` for one with its own persona (the condition's)."""
+    parts = []
+    for i, c in enumerate(scenario.agents[seat].candidates or ()):
+        own = _candidate_persona(scenario, seat, i, cache) if c.persona is not None else None
+        parts.append(c.id if own is None else f"{c.id}={getattr(own, 'id', None) or 'own'}")
+    return " ".join(parts)
+
+
+def check_judges(
+    scenario: Scenario, personas: Mapping[str, BaseModel], seen: set[tuple[str, int]] | None = None
+) -> None:
+    """Rubrics that fit their judges' parts: a supervisor's is a choice (or codes) among its
+    candidates' ids, an observer's choice has its own codes (raises `UserError`). `seen`
+    remembers the (judge, persona) pairs already checked."""
+    seats = {n: s for n, s in scenario.agents.items() if s.candidates}
+    seen = set() if seen is None else seen
+    for name, spec in scenario.agents.items():
+        cls = get_role(spec.role)
+        if not issubclass(cls, JudgeAgent) or (name, id(personas[name])) in seen:
+            continue
+        seen.add((name, id(personas[name])))
+        rubric = cls(name, personas[name]).rubric
+        where = f"{scenario.source}: agents.{name}.persona.rubric"
+        if name not in scenario.supervisors():
+            if rubric.kind == "choice" and not rubric.codes:
+                raise UserError(
+                    "a choice rubric needs codes (only a supervisor's come from its candidates)",
+                    where=where,
+                    fix="add codes: [A, B, ...]",
+                )
+            continue
+        if rubric.kind == "scores":
+            raise UserError(
+                f"supervisor {name!r} rates with dimensions; it must choose a candidate",
+                where=where,
+                fix="use a choice rubric: {id: ..., choice: true, instructions: ...}",
+            )
+        for seat, seat_spec in seats.items():
+            ids = [c.id for c in seat_spec.candidates or ()]
+            if seat_spec.supervisor == name and rubric.codes and set(rubric.codes) != set(ids):
+                raise UserError(
+                    f"the supervisor's codes {rubric.codes} are not the candidates of "
+                    f"{seat!r} ({ids})",
+                    where=f"{where}.codes",
+                    fix="leave codes out (they default to the candidates' ids) or list those",
+                )
 
 
 def _load_pools(scenario: Scenario) -> dict[str, list[Member]]:

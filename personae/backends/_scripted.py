@@ -2,7 +2,8 @@
 
 Replies come from a list (cycled), a mapping from agent name or role to a list, or a callable
 taking the request. Lists are indexed per (episode, agent), so concurrent episodes get the same
-replies they would get alone. Like a constrained engine, a reply always obeys the request's
+replies they would get alone; a seat's candidates each have their own (a mapping may key one
+as `AGENT#CANDIDATE`). Like a constrained engine, a reply always obeys the request's
 structured output: a choice request gets one of its choices, a JSON-schema request gets valid
 JSON (the scripted reply if it is JSON, else the schema's first allowed value for every field).
 """
@@ -25,6 +26,8 @@ Replies = Sequence[str] | Mapping[str, Sequence[str]] | Callable[[GenerationRequ
 
 def _default_reply(request: GenerationRequest) -> str:
     who = request.tags.get("agent", "agent")
+    if (candidate := request.tags.get("candidate")) is not None:
+        who = f"{who} ({candidate})"
     return f"This is {who}, turn {request.tags.get('turn', 0)}."
 
 
@@ -84,13 +87,14 @@ class ScriptedBackend(Backend):
             return _default_reply(request)
         if callable(replies):
             return replies(request)
+        speaker = _speaker(request)
         if isinstance(replies, Mapping):
             agent, role = str(request.tags.get("agent")), str(request.tags.get("role"))
-            key = agent if agent in replies else role
-            if key not in replies:
+            key = next((k for k in (speaker, agent, role) if k in replies), None)
+            if key is None:
                 return _default_reply(request)
             replies = replies[key]
-        key2 = (request.tags.get("episode_id"), request.tags.get("agent"))
+        key2 = (request.tags.get("episode_id"), speaker)
         index = self._cursor[key2]
         self._cursor[key2] = index + 1
         return replies[index % len(replies)]
@@ -101,7 +105,7 @@ class ScriptedBackend(Backend):
             await asyncio.sleep(self._latency_s)
         if self._fail_rate:
             tags = request.tags
-            key = (tags.get("episode_id"), tags.get("agent"), tags.get("turn"))
+            key = (tags.get("episode_id"), _speaker(request), tags.get("turn"))
             attempt = self._attempts[key]
             self._attempts[key] = attempt + 1
             if random.Random(f"{key}|{attempt}").random() < self._fail_rate:
@@ -119,6 +123,12 @@ class ScriptedBackend(Backend):
             completion_tokens=len(text.split()),
             latency_s=time.perf_counter() - start,
         )
+
+
+def _speaker(request: GenerationRequest) -> str:
+    """Who asks: the agent, or `AGENT#CANDIDATE` for a seat's candidate."""
+    agent, candidate = request.tags.get("agent"), request.tags.get("candidate")
+    return f"{agent}#{candidate}" if candidate is not None else str(agent)
 
 
 def _is_json(text: str) -> bool:

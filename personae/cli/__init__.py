@@ -1,7 +1,14 @@
 """The `personae` command line (`run | show | scenarios | replay | judge | export | browse |
 experiment | analyze`)."""
 
-from personae.cli import _analyze, _experiment, _export, _judge, _replay  # noqa: F401 - commands
+from personae.cli import (  # noqa: F401 - registers the commands
+    _analyze,
+    _candidates,
+    _experiment,
+    _export,
+    _judge,
+    _replay,
+)
 from personae.cli._app import app, main
 
 __all__ = ["app", "main"]

@@ -77,8 +77,9 @@ def export(
     """Export episodes as training data (sft, dpo) or flat tables (jsonl, csv, parquet).
 
     sft and dpo hold only what the exported agent could see (its audience); dpo ranks sibling
-    forks by the judges' verdicts in the judgments table. The flat tables hold every turn
-    (hidden state included) or, with --table interventions, a teaching run's decisions.
+    forks by the judges' verdicts in the judgments table, and pairs a supervisor's chosen
+    candidate with each rejected one. The flat tables hold every turn (hidden state included)
+    or, with --table interventions, a teaching run's decisions.
     """
     load_user_code(imports)
     from personae.export import (
@@ -139,7 +140,12 @@ def export(
             assert role is not None
             result = dpo_pairs(db, role, chosen, score_key=score_key, judge=judge)
             n = write_jsonl(result.pairs, dest)
-            message = f"{n} preference pairs from {result.groups} sibling-fork groups → {shown}"
+            among = (
+                f" and {result.candidate_turns} candidate turns" if result.candidate_turns else ""
+            )
+            message = (
+                f"{n} preference pairs from {result.groups} sibling-fork groups{among} → {shown}"
+            )
             if result.unscored:
                 note = (
                     f"note: {result.unscored} groups had fewer than two siblings with a "

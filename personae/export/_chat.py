@@ -17,7 +17,9 @@ conversational preference format), the prompt rendered from the parent's view of
 0..K-1. A sibling's score comes from the `judgments` table: a judge's verdict on its turn K,
 else on the whole episode (`score`: the mean of the rubric's dimensions; `score_key` picks one
 dimension of the parsed verdict instead; `judge` picks one judge). Siblings without a score give
-no pairs: without judge scores there is no preference, so no pairs are made.
+no pairs: without judge scores there is no preference, so no pairs are made. A turn chosen by a
+supervisor among candidates' proposals is a preference too: chosen over each rejected proposal
+(`personae.export._candidates`).
 """
 
 from __future__ import annotations
@@ -128,11 +130,13 @@ class DpoExport:
         pairs: The preference records.
         groups: Sibling groups (a parent and its forks at one turn) whose turn is ROLE's.
         unscored: Groups in which fewer than two siblings had a score.
+        candidate_turns: ROLE's turns chosen among candidates that gave pairs.
     """
 
     pairs: list[dict[str, Any]] = field(default_factory=list)
     groups: int = 0
     unscored: int = 0
+    candidate_turns: int = 0
 
 
 def _score(
@@ -161,18 +165,22 @@ def dpo_pairs(
     score_key: str = "score",
     judge: str | None = None,
 ) -> DpoExport:
-    """Preference pairs from sibling forks of the same turn, ranked by judge scores.
+    """Preference pairs from sibling forks of the same turn, ranked by judge scores, then
+    from the supervisors' choices among candidates on ROLE's lines (`candidate_pairs`).
 
     Args:
         db: The run database.
         role: The role whose line at the fork turn is compared.
         chosen: Which episodes may be siblings (default: every complete episode).
         score_key: `score` (a judgment's mean score) or a dimension of the parsed verdict.
-        judge: Only this judge's verdicts (default: every judge's, averaged).
+        judge: Only this judge's verdicts (default: every judge's, averaged); for choices
+            among candidates, only this supervisor's.
 
     Raises:
         UserError: unknown role or a bad filter.
     """
+    from personae.export._candidates import candidate_pairs  # it builds on this module
+
     result = DpoExport()
     with RunLog(db) as log:
         _check_role(log, role)
@@ -220,4 +228,6 @@ def dpo_pairs(
                         "rejected_episode_id": worse[1],
                     }
                 )
+    chosen_among, result.candidate_turns = candidate_pairs(db, role, chosen, judge=judge)
+    result.pairs.extend(chosen_among)
     return result

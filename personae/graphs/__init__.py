@@ -15,6 +15,7 @@ from personae.graphs._episode import (
     EMPTY_UTTERANCE,
     Episode,
     Observer,
+    Seat,
     StopPredicate,
     call_id,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "GroupState",
     "Observer",
     "PolicyOptions",
+    "Seat",
     "SeedLine",
     "StopPredicate",
     "TurnContext",

@@ -8,21 +8,26 @@ turns, model calls, judgments — is written here, through the run's one writer:
   context window), calls its backend, cleans the output (one more try with a new seed when the
   cleaned text is empty, or an abstention when passing is allowed), logs the call and the turn
   with its audience and the turn policy's decision, then runs the observers watching that agent.
+  For an agent with a `Seat`, every candidate proposes the line (concurrently, each with its own
+  persona, sampling and backend), the supervisor picks one, and the chosen line is logged with
+  the tree of proposals, the choice and its rationale as hidden state (never shown to agents).
 - `add_line` logs a line with no model call (seed lines, openings, a teacher's decision).
 - `reserve`, `call` and `log_turn` are the single steps graphs with concurrent steps use.
 - `finish` waits for the observers' verdicts and runs the end-of-episode observers.
 
 Model calls have one retry layer (here) and one deadline covering every attempt. Each call has a
-stable id (`{episode}-{turn:04d}` plus a suffix for retries, judges and selectors) that travels
-in the request's tags, so a replay serves exactly the recorded output of that call.
+stable id (`{episode}-{turn:04d}` plus a suffix for retries, judges, selectors, candidates
+(`-cand-ID`) and supervisors (`-choose-NAME`)) that travels in the request's tags, so a replay
+serves exactly the recorded output of that call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,7 +46,7 @@ EMPTY_UTTERANCE = "..."
 _RETRYABLE = (BackendError, TimeoutError, ConnectionError)
 
 StopPredicate = Callable[[Sequence[Utterance]], bool]
-Purpose = Literal["turn", "judge", "select", "step"]
+Purpose = Literal["turn", "judge", "select", "step", "candidate", "choose"]
 
 
 def _now() -> str:
@@ -74,6 +79,35 @@ class Observer:
     watches: frozenset[str]
     when: Literal["turn", "end"] = "turn"
     route_to: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Seat:
+    """An agent whose lines are chosen among candidates' proposals.
+
+    Attributes:
+        candidates: Candidate agents by id, in scenario order; each has the seat's name and
+            speaker tag (so the conversation's lines are its own lines) but its own persona,
+            sampling and backend (`backends[candidate_key]`).
+        keys: The backend (and `llm_calls.agent`) key of each candidate, by id.
+        supervisor: The judge that picks one proposal per turn.
+    """
+
+    candidates: dict[str, Agent]
+    keys: dict[str, str]
+    supervisor: JudgeAgent
+
+
+async def _together(coroutines: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Await every coroutine concurrently, results in order; when one fails, the others are
+    cancelled (none goes on logging for an episode that failed) and its error is raised."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -131,6 +165,8 @@ class Episode:
     watch: CallWatch | None = None
     #: `warn(key, text)`: a warning for the user, shown once per key for the whole run.
     warn: Callable[[str, str], None] | None = None
+    #: Agents whose lines are chosen among candidates, by agent name.
+    seats: dict[str, Seat] = field(default_factory=dict)
     _lines: int = 0  # spoken lines so far (an agent's fixed opening is for the first one)
     _pending: list[asyncio.Task[Judgment]] = field(default_factory=list)
     #: Constrained-choice answers off their list, by turn, until that turn's row is logged.
@@ -271,17 +307,13 @@ class Episode:
         turn = self.reserve()
         if turn < len(self.prefix):
             return await self._kept(turn, name, decision, taken=True)
-        hidden: dict[str, Any] = dict(agent.hidden_state())
-        opening = agent.opening() if not self._lines else None
-        cid: str | None = None
-        kind: LineKind = "line"
-        if opening is not None:
-            text = opening
-            hidden["scripted_opening"] = True
+        seat = self.seats.get(name)
+        if seat is not None:
+            text, cid, hidden = await self._chosen_line(name, seat, turn, pass_token)
         else:
-            text, cid = await self._generated_line(agent, turn, hidden, pass_token)
-            if pass_token is not None and (not text or text.lower() == pass_token.lower()):
-                kind, text = "pass", ""
+            hidden = dict(agent.hidden_state())
+            text, cid = await self._proposal(agent, turn, hidden, pass_token)
+        kind: LineKind = "pass" if pass_token is not None and not text else "line"
         utterance = self.utterance(name, text, kind)
         self.history.append(utterance)
         self.turns_taken += 1
@@ -296,13 +328,17 @@ class Episode:
         self, turn: int, name: str, decision: dict[str, Any] | None, *, taken: bool
     ) -> Utterance:
         """Turn `turn` of a fork's kept prefix, logged again under this episode (`taken`: a
-        turn of an agent taking turns, as `take_turn` counts them)."""
+        turn of an agent taking turns, as `take_turn` counts them). A kept choice among
+        candidates is made again (on the recorded output), so its verdict is this episode's
+        too."""
         kept = self.prefix[turn]
         if kept.agent != name:
             raise RuntimeError(
                 f"the fork's kept turns do not replay: at turn {turn} the graph chose {name!r}, "
                 f"the parent episode had {kept.agent!r}"
             )
+        if name in self.seats and isinstance(proposals := kept.hidden.get("candidates"), list):
+            await self._choose(name, self.seats[name], turn, proposals)
         kind: LineKind = kept.kind  # type: ignore[assignment]
         utterance = Utterance(name, self.agents[name].label, kept.text, kept.audience, kind)
         self.history.append(utterance)
@@ -315,25 +351,131 @@ class Episode:
             await self._after_line(turn, utterance)
         return utterance
 
+    async def _proposal(
+        self,
+        agent: Agent,
+        turn: int,
+        hidden: dict[str, Any],
+        pass_token: str | None,
+        candidate: tuple[str, str] | None = None,
+    ) -> tuple[str, str | None]:
+        """`agent`'s next line and its call id: its fixed opening for the episode's first line
+        (no call), else generated; "" when it passes. `candidate`: (id, backend key) when
+        the agent is a seat's candidate."""
+        opening = agent.opening() if not self._lines else None
+        if opening is not None:
+            hidden["scripted_opening"] = True
+            return opening, None
+        text, cid = await self._generated_line(agent, turn, hidden, pass_token, candidate)
+        if pass_token is not None and text.lower() == pass_token.lower():
+            text = ""
+        return text, cid
+
     async def _generated_line(
-        self, agent: Agent, turn: int, hidden: dict[str, Any], pass_token: str | None
+        self,
+        agent: Agent,
+        turn: int,
+        hidden: dict[str, Any],
+        pass_token: str | None,
+        candidate: tuple[str, str] | None = None,
     ) -> tuple[str, str]:
-        backend = self.backends[agent.name]
+        key = candidate[1] if candidate else agent.name
+        backend = self.backends[key]
+        suffix, tags = (
+            (f"cand-{candidate[0]}", {"candidate": candidate[0]}) if candidate else ("", {})
+        )
         text, cid = "", ""
         for retry in range(2):  # one more try with a fresh seed if the output is unusable
-            cid = call_id(self.episode_id, turn, retry=retry)
-            seed = self.seed_for(turn, agent.name, retry)
-            request = agent.request(self.history, self.labels, seed=seed, tags=self.tags(turn, cid))
+            cid = call_id(self.episode_id, turn, suffix, retry)
+            seed = self.seed_for(turn, key, retry)
+            request = agent.request(
+                self.history, self.labels, seed=seed, tags=self.tags(turn, cid, **tags)
+            )
             result, attempts, hit = await self._generate(backend, request)
             self.prompt_tokens += result.prompt_tokens
             self.completion_tokens += result.completion_tokens
             text = agent.clean(result.text, truncated=result.finish_reason == "length")
-            self._log_call(cid, agent.name, agent.render_mode, turn, backend, request, result,
-                           attempts, hit, "turn")  # fmt: skip
+            self._log_call(
+                cid,
+                key,
+                agent.render_mode,
+                turn,
+                backend,
+                request,
+                result,
+                attempts,
+                hit,
+                "candidate" if candidate else "turn",
+            )
             if text or pass_token is not None:
                 return text, cid
         hidden["empty_output"] = True
         return EMPTY_UTTERANCE, cid
+
+    # -- candidates ----------------------------------------------------------------------------
+    async def _chosen_line(
+        self, name: str, seat: Seat, turn: int, pass_token: str | None
+    ) -> tuple[str, str | None, dict[str, Any]]:
+        """The seat's line at `turn`: every candidate proposes one (concurrently), the
+        supervisor picks one. Returns its text, its call id and the turn's hidden state: the
+        chosen candidate's own, plus the tree `candidates` ([{id, text, call_id}, ...]),
+        `chosen`, `rationale`, `supervisor` and `shown` (the order the supervisor saw them
+        in), and `supervisor_error` when no valid choice came (the first candidate is said)."""
+
+        async def propose(cand: str, agent: Agent) -> dict[str, Any]:
+            notes: dict[str, Any] = {}
+            text, call = await self._proposal(
+                agent, turn, notes, pass_token, (cand, seat.keys[cand])
+            )
+            return {"id": cand, "text": text, "call_id": call, **notes}
+
+        proposals = await _together(propose(c, a) for c, a in seat.candidates.items())
+        judgment, shown = await self._choose(name, seat, turn, proposals)
+        parsed = judgment.parsed or {}
+        chosen = str(parsed["code"]) if judgment.valid else proposals[0]["id"]
+        picked = next(p for p in proposals if p["id"] == chosen)
+        hidden = {
+            **seat.candidates[chosen].hidden_state(),
+            "candidates": proposals,
+            "chosen": chosen,
+            "rationale": str(parsed.get("rationale") or ""),
+            "supervisor": seat.supervisor.name,
+            "shown": shown,
+        }
+        if not judgment.valid:
+            hidden["supervisor_error"] = judgment.error
+        return str(picked["text"]), picked["call_id"], hidden
+
+    async def _choose(
+        self, name: str, seat: Seat, turn: int, proposals: Sequence[dict[str, Any]]
+    ) -> tuple[Judgment, list[str]]:
+        """The supervisor's choice among `proposals` for `name`'s line at `turn`, shown the
+        conversation as `name` sees it, and the order the candidates were shown in; logged
+        in `judgments` (turn `turn`, judge: the supervisor)."""
+        judge, agent = seat.supervisor, self.agents[name]
+        offered = [(str(p["id"]), str(p["text"])) for p in proposals]
+        # shown in an order drawn per turn (from the lineage, as a fork's prefix must draw the
+        # same): a judge's bias for the first option then favours no candidate
+        rng = random.Random(derive_seed(self.run_seed, self.lineage, turn, f"order-{name}"))
+        offered = rng.sample(offered, len(offered))
+        ids = [cand for cand, _ in offered]
+        seen = agent.view(self.history)
+        suffix = f"choose-{judge.name}"
+
+        def request(attempt: int, cid: str) -> GenerationRequest:
+            return judge.choice_request(
+                seen,
+                agent.label,
+                offered,
+                seed=self.seed_for(turn, suffix, attempt),
+                tags=self.tags(turn, cid, purpose="choose"),
+            )
+
+        judgment, raw, cid = await self._verdict(
+            judge, turn, suffix, request, lambda text: judge.parse(text, ids), "choose"
+        )
+        self._log_judgment(judge, turn, judgment, raw, cid)
+        return judgment, ids
 
     # -- observers -----------------------------------------------------------------------------
     async def _after_line(self, turn: int, utterance: Utterance) -> None:
@@ -388,49 +530,92 @@ class Episode:
         at = target if target is not None else max(self.next_turn - 1, 0)
         suffix = judge.name if target is not None else f"end-{judge.name}"
         computed = judge.evaluate(prefix, line)
-        raw, cid = None, None
+        raw: str | None
+        cid: str | None = None
         if computed is not None:
-            judgment = judge.judge_parsed(computed)
+            judgment, raw = judge.judge_parsed(computed), json.dumps(computed)
         else:
-            backend = self.backends[judge.name]
-            judgment = Judgment(None, False, "no attempt")
-            for attempt in range(judge.max_attempts):
-                cid = call_id(self.episode_id, at, suffix, attempt)
-                request = judge.judgment_request(
+
+            def request(attempt: int, call: str) -> GenerationRequest:
+                return judge.judgment_request(
                     prefix,
                     line,
                     seed=self.seed_for(at, suffix, attempt),
-                    tags=self.tags(at, cid, purpose="judge"),
+                    tags=self.tags(at, call, purpose="judge"),
                 )
-                result, attempts, hit = await self._generate(backend, request)
-                self.prompt_tokens += result.prompt_tokens
-                self.completion_tokens += result.completion_tokens
-                self._log_call(cid, judge.name, judge.render_mode, at, backend, request, result,
-                               attempts, hit, "judge")  # fmt: skip
-                raw = result.text
-                judgment = judge.parse(result.text)
-                if judgment.valid:
-                    break
-        if self.writer is not None:
-            self.writer.upsert(
-                "judgments",
-                {
-                    "judgment_id": f"{self.episode_id}:{target if target is not None else 'end'}"
-                    f":{judge.name}",
-                    "episode_id": self.episode_id,
-                    "turn_idx": target,
-                    "judge": judge.name,
-                    "rubric": judge.rubric.id,
-                    "raw": raw if raw is not None else json.dumps(computed),
-                    "parsed_json": json.dumps(judgment.parsed) if judgment.parsed else None,
-                    "valid": int(judgment.valid),
-                    "error": judgment.error,
-                    "score": judgment.score,
-                    "call_id": cid,
-                    "created_at": _now(),
-                },
+
+            judgment, raw, cid = await self._verdict(
+                judge, at, suffix, request, judge.parse, "judge"
             )
+        self._log_judgment(judge, target, judgment, raw, cid)
         return judgment
+
+    async def _verdict(
+        self,
+        judge: JudgeAgent,
+        at: int,
+        suffix: str,
+        request: Callable[[int, str], GenerationRequest],
+        parse: Callable[[str], Judgment],
+        purpose: Purpose,
+    ) -> tuple[Judgment, str | None, str | None]:
+        """Ask `judge` (`request(attempt, call_id)`) until a reply parses, at most its
+        `max_attempts` times; the judgment, the last raw reply and its call id."""
+        backend = self.backends[judge.name]
+        judgment, raw, cid = Judgment(None, False, "no attempt"), None, None
+        for attempt in range(judge.max_attempts):
+            cid = call_id(self.episode_id, at, suffix, attempt)
+            asked = request(attempt, cid)
+            result, attempts, hit = await self._generate(backend, asked)
+            self.prompt_tokens += result.prompt_tokens
+            self.completion_tokens += result.completion_tokens
+            self._log_call(
+                cid,
+                judge.name,
+                judge.render_mode,
+                at,
+                backend,
+                asked,
+                result,
+                attempts,
+                hit,
+                purpose,
+            )
+            raw = result.text
+            judgment = parse(result.text)
+            if judgment.valid:
+                break
+        return judgment, raw, cid
+
+    def _log_judgment(
+        self,
+        judge: JudgeAgent,
+        target: int | None,
+        judgment: Judgment,
+        raw: str | None,
+        cid: str | None,
+    ) -> None:
+        """Queue the `judgments` row of `judge`'s verdict on turn `target` (None: the episode)."""
+        if self.writer is None:
+            return
+        self.writer.upsert(
+            "judgments",
+            {
+                "judgment_id": f"{self.episode_id}:{target if target is not None else 'end'}"
+                f":{judge.name}",
+                "episode_id": self.episode_id,
+                "turn_idx": target,
+                "judge": judge.name,
+                "rubric": judge.rubric.id,
+                "raw": raw if raw is not None else "null",
+                "parsed_json": json.dumps(judgment.parsed) if judgment.parsed else None,
+                "valid": int(judgment.valid),
+                "error": judgment.error,
+                "score": judgment.score,
+                "call_id": cid,
+                "created_at": _now(),
+            },
+        )
 
     # -- model calls ---------------------------------------------------------------------------
     async def _generate(

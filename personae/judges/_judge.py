@@ -108,14 +108,17 @@ class JudgeAgent(Agent):
         return self.judge_persona.description.strip()
 
     def system_prompt(self) -> str:
-        fmt = (
-            "Reply with the label only."
-            if self.rubric.kind == "codes"
-            else "Reply with JSON: "
-            + ("a short rationale first, then " if self.rubric.rationale else "")
-            + "an integer per dimension."
-        )
-        parts = [self.intro(), self.rubric.text(), fmt]
+        return self._instructions(self.rubric)
+
+    def _instructions(self, rubric: Rubric) -> str:
+        """Who the judge is, the rubric, and the reply format."""
+        if rubric.kind == "codes":
+            fmt = "Reply with the label only."
+        else:
+            what = "your choice" if rubric.kind == "choice" else "an integer per dimension"
+            first = "a short rationale first, then " if rubric.rationale else ""
+            fmt = f"Reply with JSON: {first}{what}."
+        parts = [self.intro(), rubric.text(), fmt]
         return "\n".join(x for x in parts if x)
 
     def _ask(self, target: Utterance | None) -> str:
@@ -136,24 +139,58 @@ class JudgeAgent(Agent):
         seen = self.view(history)
         options = self.request_options(seed, tags)
         options["max_tokens"] = max(options["max_tokens"], self.rubric.max_tokens())
-        if self.rubric.kind == "codes":
-            options["choices"] = tuple(self.rubric.codes)
-        else:
-            options["json_schema"] = self.rubric.json_schema()
         conversation = "\n".join(_line(u) for u in seen) or "(no lines)"
-        ask = self._ask(target)
+        return self._request(
+            self.rubric,
+            self.transcript_title,
+            f"Conversation:\n{conversation}",
+            self._ask(target),
+            options,
+        )
+
+    def _request(
+        self, rubric: Rubric, title: str, body: str, ask: str, options: dict[str, Any]
+    ) -> GenerationRequest:
+        """A request asking `ask` about `body` under `rubric`'s output rules."""
+        if rubric.kind == "codes":
+            options["choices"] = tuple(rubric.codes)
+        else:
+            options["json_schema"] = rubric.json_schema()
+        system = self._instructions(rubric)
         if self.render_mode == "chat":
-            user = f"Conversation:\n{conversation}\n\n{ask}"
             return GenerationRequest(
-                messages=(Message("system", self.system_prompt()), Message("user", user)),
+                messages=(Message("system", system), Message("user", f"{body}\n\n{ask}")),
                 **options,
             )
-        answer = "Label:" if self.rubric.kind == "codes" else "Rating (JSON):"
-        prompt = (
-            f"{self.transcript_title}\n\n{self.system_prompt()}\n\n"
-            f"Conversation:\n{conversation}\n\n{ask}\n{answer} "
-        )
+        answer = {"codes": "Label:", "choice": "Choice (JSON):"}.get(rubric.kind, "Rating (JSON):")
+        prompt = f"{title}\n\n{system}\n\n{body}\n\n{ask}\n{answer} "
         return GenerationRequest(prompt=prompt, **options)
+
+    def choice_request(
+        self,
+        seen: Sequence[Utterance],
+        speaker: str,
+        candidates: Sequence[tuple[str, str]],
+        *,
+        seed: int | None,
+        tags: dict[str, Any],
+    ) -> GenerationRequest:
+        """The request choosing the next line of `speaker` (a speaker tag) among `candidates`
+        (id, text; an empty text is an abstention), after the lines in `seen` (the speaker's
+        own view). The reply is a choice among the ids (`parse(text, candidate_ids)`)."""
+        rubric = self.rubric.with_codes([cid for cid, _ in candidates])
+        options = self.request_options(seed, tags)
+        options["max_tokens"] = max(options["max_tokens"], rubric.max_tokens())
+        conversation = "\n".join(_line(u) for u in seen) or "(no lines yet)"
+        proposals = "\n".join(f"[{cid}] {text or '(says nothing)'}" for cid, text in candidates)
+        body = (
+            f"Conversation:\n{conversation}\n\n"
+            f"Candidate replies for {speaker}'s next line:\n{proposals}"
+        )
+        title = "A supervisor reads a conversation and chooses the best next reply."
+        return self._request(
+            rubric, title, body, f"Which reply should {speaker} say next?", options
+        )
 
     def evaluate(
         self, history: Sequence[Utterance], target: Utterance | None
@@ -161,9 +198,10 @@ class JudgeAgent(Agent):
         """A verdict computed without a model, or None to ask the model (the default)."""
         return None
 
-    def parse(self, text: str) -> Judgment:
-        """A reply as a `Judgment` (invalid replies are recorded, not raised)."""
-        rubric = self.rubric
+    def parse(self, text: str, codes: Sequence[str] | None = None) -> Judgment:
+        """A reply as a `Judgment` (invalid replies are recorded, not raised); `codes`
+        replaces the rubric's code list (a supervisor's candidate ids)."""
+        rubric = self.rubric if codes is None else self.rubric.with_codes(codes)
         raw = text.strip()
         if rubric.kind == "codes":
             if raw in rubric.codes:
@@ -192,8 +230,10 @@ class JudgeAgent(Agent):
     def feedback(self, judgment: Judgment) -> str:
         """The text of the private line sent to the agents this judge's output is routed to."""
         parsed = judgment.parsed or {}
-        if self.rubric.kind == "codes":
-            return str(parsed.get("code", ""))
+        if self.rubric.kind != "scores":
+            rationale = str(parsed.get("rationale") or "").strip()
+            code = str(parsed.get("code", ""))
+            return f"{code}: {rationale}" if rationale else code
         scores = ", ".join(
             f"{d.name} {parsed.get(d.name)}/{d.scale[1]}" for d in self.rubric.dimensions
         )

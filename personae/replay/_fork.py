@@ -190,8 +190,10 @@ async def afork_episode(
     if backend:
         condition["backend"] = backend
     fork_plan = dataclasses.replace(plan, episode_id=new_id, condition=condition, index=0)
-    kept_calls = [
-        c for c in calls if c["turn_idx"] < fork_turn and c.get("purpose") in (None, "turn")
+    kept_calls = [  # the calls behind the kept lines (a candidate's among them)
+        c
+        for c in calls
+        if c["turn_idx"] < fork_turn and c.get("purpose") in (None, "turn", "candidate")
     ]
     kept = [t for t in turns if t.idx < fork_turn]
     fork = ForkStudy(study, fork_plan, path, setup.episode_id, kept, kept_calls)

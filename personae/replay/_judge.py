@@ -35,7 +35,7 @@ from personae.agents import Agent, Utterance, default_label, get_role
 from personae.backends import create_backend
 from personae.errors import UserError
 from personae.graphs import Episode, Observer
-from personae.judges import JudgeAgent, Judgment, get_judge
+from personae.judges import JudgeAgent, Judgment, Rubric, get_judge
 from personae.plugins import load_imports
 from personae.scenario import AgentSpec, PoolSpec, _read_yaml
 from personae.seeds import Seed, derive_seed
@@ -111,6 +111,9 @@ def load_judge_spec(path: str | Path) -> JudgeSpec:
     if not spec.judge.observes:
         raise UserError("the judge observes nobody", where=f"{path}: judge.observes",
                         fix="list the agents it rates, e.g. observes: [helper]")  # fmt: skip
+    if spec.judge.candidates is not None or spec.judge.supervisor is not None:
+        raise UserError("candidates and a supervisor belong to an agent that takes turns",
+                        where=f"{path}: judge", fix="remove them from the judge")  # fmt: skip
     if spec.judge.route_to is not None:
         raise UserError("route_to cannot apply to a finished run: its lines are all said",
                         where=f"{path}: judge.route_to",
@@ -129,11 +132,18 @@ def load_judge_spec(path: str | Path) -> JudgeSpec:
         if not isinstance(loaded, dict):
             raise UserError("a persona file must be a YAML mapping", where=str(file))
         persona = loaded
-    spec.judge = spec.judge.model_copy(
-        update={"persona": validate_persona(cls.persona_model, persona, f"{path}: judge.persona")
-                .model_dump(mode="json")}
-    )  # fmt: skip
+    checked = validate_persona(cls.persona_model, persona, f"{path}: judge.persona")
+    _check_codes(checked, f"{path}: judge.persona.rubric")
+    spec.judge = spec.judge.model_copy(update={"persona": checked.model_dump(mode="json")})
     return spec
+
+
+def _check_codes(persona: BaseModel, where: str) -> None:
+    """A choice rubric needs its codes here: no candidates give them."""
+    rubric = getattr(persona, "rubric", None)
+    if isinstance(rubric, Rubric) and rubric.kind == "choice" and not rubric.codes:
+        raise UserError("a choice rubric needs codes (only a supervisor's come from candidates)",
+                        where=where, fix="add codes: [A, B, ...]")  # fmt: skip
 
 
 def _check_pool(
@@ -152,7 +162,7 @@ def _check_pool(
                         f"{len(members)} personas", where=f"{path}: judge.count",
                         fix="lower the count or add personas")  # fmt: skip
     for m in members:
-        validate_persona(cls.persona_model, {**m.data, **fields}, m.source)
+        _check_codes(validate_persona(cls.persona_model, {**m.data, **fields}, m.source), m.source)
     spec.pools[name] = spec.pools[name].model_copy(update={"personas": [m.data for m in members]})
 
 

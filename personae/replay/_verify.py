@@ -282,6 +282,7 @@ async def averify_episode(
     # verdicts added afterwards (`personae judge`) are not the episode's own: compare only
     # what its live judges produced
     live = {observer.judge.name for observer in job.episode.observers}
+    live |= {seat.supervisor.name for seat in job.episode.seats.values()}
     calls = [c for c in calls if c.get("purpose") != "judge" or c["agent"] in live]
     judged = [j for j in judged if j["judge"] in live]
     start = setup.fork_turn  # a fork's turns before it are the parent's, kept verbatim

@@ -20,14 +20,16 @@ from personae._yaml import cli_value
 from personae.agents import Agent, Sampling, get_role
 from personae.backends import Backend, RenderMode
 from personae.errors import UserError
-from personae.graphs import Episode, Observer
+from personae.graphs import Episode, Observer, Seat
 from personae.judges import JudgeAgent
 from personae.plugins import as_stored, load_imports
 from personae.runner._engine import RunResult, execute
 from personae.runner._study import EpisodeJob, Services, Study, register_study, study_of_run
 from personae.scenario import (
+    AgentSpec,
     EpisodePlan,
     Scenario,
+    candidate_key,
     load_scenario,
     parse_scenario,
     plan_episodes,
@@ -65,6 +67,41 @@ def build_agents(
     return agents
 
 
+def build_seats(
+    scenario: Scenario,
+    personas: Mapping[str, BaseModel],
+    backends: Mapping[str, Backend],
+    agents: Mapping[str, Agent],
+    *,
+    render: RenderMode | None = None,
+) -> dict[str, Seat]:
+    """The agents whose lines are chosen among candidates: each candidate an agent with the
+    seat's name, tag, audience and window, and its own persona, sampling and backend."""
+    seats: dict[str, Seat] = {}
+    for name, spec in scenario.agents.items():
+        if not spec.candidates or spec.supervisor is None:
+            continue
+        seat = agents[name]
+        keys = {c.id: candidate_key(name, c.id) for c in spec.candidates}
+        candidates = {
+            c.id: get_role(spec.role)(
+                name,
+                personas[keys[c.id]],
+                sampling=spec.candidate_sampling(c),
+                render_mode=render or scenario.render or backends[keys[c.id]].render_mode,
+                label=seat.label,
+                window=spec.window,
+                multi_party=seat.multi_party,
+                audience=spec.audience,
+            )
+            for c in spec.candidates
+        }
+        supervisor = agents[spec.supervisor]
+        assert isinstance(supervisor, JudgeAgent)
+        seats[name] = Seat(candidates, keys, supervisor)
+    return seats
+
+
 def build_observers(scenario: Scenario, agents: Mapping[str, Agent]) -> list[Observer]:
     """The judges of an episode, bound to the agents they watch."""
     observers = []
@@ -94,10 +131,13 @@ class ConversationStudy(Study):
     def backend_specs(self) -> dict[str, tuple[str, dict[str, Any]]]:
         s = self.scenario
         # per-agent specs get none of the scenario's backend_options (they belong to its backend)
-        return {
+        specs = {
             name: (a.backend, {}) if a.backend else (s.backend, dict(s.backend_options))
             for name, a in s.agents.items()
         }
+        for key, (seat, candidate) in s.candidates().items():  # a candidate's, else its seat's
+            specs[key] = (candidate.backend, {}) if candidate.backend else specs[seat]
+        return specs
 
     def plan(self) -> list[EpisodePlan]:
         return plan_episodes(self.scenario, plan_limit=self.plan_limit)
@@ -110,6 +150,7 @@ class ConversationStudy(Study):
     def job(self, plan: EpisodePlan, services: Services) -> EpisodeJob:
         scenario = self.scenario
         agents = build_agents(scenario, plan.personas, services.backends)
+        seats = build_seats(scenario, plan.personas, services.backends, agents)
         episode = Episode(
             episode_id=plan.episode_id,
             agents=agents,
@@ -121,13 +162,17 @@ class ConversationStudy(Study):
             observers=build_observers(scenario, agents),
             on_turn=services.on_turn,
             lineage=plan.lineage or plan.episode_id,
+            seats=seats,
         )
         kind = scenario.graph_kind()
         return EpisodeJob(kind.graph, episode, kind.input(), kind.config())
 
     def restore(self, row: dict[str, Any]) -> EpisodePlan:
         personas: dict[str, BaseModel] = {}
-        for name, spec in self.scenario.agents.items():
+        seats = {
+            key: self.scenario.agents[seat] for key, (seat, _) in self.scenario.candidates().items()
+        }
+        for name, spec in {**self.scenario.agents, **seats}.items():
             where = f"episode {row['episode_id']}, agent {name!r}"
             data = row["personas"].get(name)
             if not isinstance(data, dict):
@@ -204,6 +249,9 @@ class ConversationStudy(Study):
                 changes.setdefault(agent, {})[f"sampling.{field}"] = recorded
             else:
                 personas[agent] = updated
+                for key, (seat, candidate) in self.scenario.candidates().items():
+                    if seat == agent and candidate.persona is None:  # it speaks as the agent
+                        personas[key] = updated
                 changes.setdefault(agent, {})[field] = recorded
         study = ConversationStudy(evolve(self.scenario, agents=agents))
         plan = EpisodePlan(plan.index, plan.repeat, plan.episode_id, plan.condition, personas,
@@ -227,8 +275,16 @@ def with_backend(scenario: Scenario, backend: str) -> Scenario:
         scenario,
         backend=backend,
         backend_options={},
-        agents={n: a.model_copy(update={"backend": None}) for n, a in scenario.agents.items()},
+        agents={n: _without_backends(a) for n, a in scenario.agents.items()},
     )
+
+
+def _without_backends(spec: AgentSpec) -> AgentSpec:
+    """`spec` with no backend of its own, nor for its candidates."""
+    candidates = spec.candidates and [
+        c.model_copy(update={"backend": None}) for c in spec.candidates
+    ]
+    return spec.model_copy(update={"backend": None, "candidates": candidates})
 
 
 @register_study("scenario")
