@@ -14,6 +14,8 @@ class RunProgress:
     """Rich progress bar with episodes done/failed, turns/s and generated tok/s."""
 
     def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.done = 0
         self.turns = 0
         self.tokens = 0
         self.failed = 0
@@ -58,8 +60,20 @@ class RunProgress:
         self._refresh()
 
     def episode_done(self, failed: bool) -> None:
+        self.done += 1
         self.failed += failed
         self._refresh(advance=1)
+
+    def expect(self, total: int) -> None:
+        """`total` more episodes are to run."""
+        self.total += total
+        self._bar.update(self._task, total=self.total)
+
+    def show(self, *, done: int, failed: int, turns: int, tokens: int) -> None:
+        """Set the counts (e.g. summed over the workers of a run spread over processes)."""
+        advance = done - self.done
+        self.done, self.failed, self.turns, self.tokens = done, failed, turns, tokens
+        self._refresh(advance=advance)
 
     def note(self, text: str) -> None:
         """Show `text` beside the bar ("" clears it); without a bar, print it once on stderr."""

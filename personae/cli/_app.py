@@ -105,6 +105,14 @@ def run(
         int | None,
         typer.Option(min=1, help="Most turns a plan may hold (default 10,000,000)."),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="K/N",
+            help="Run only shard K of N of the plan (e.g. $SLURM_ARRAY_TASK_ID/"
+            "$SLURM_ARRAY_TASK_COUNT); combine the shard databases with 'personae merge'.",
+        ),
+    ] = None,
     trust_backend: TrustBackend = False,
     imports: Imports = None,
 ) -> None:
@@ -140,6 +148,7 @@ def run(
             plan_limit=plan_limit,
             trust_backend=trust_backend,
             notify=lambda line: err.print(line, markup=False),
+            shard=shard,
         )
     except KeyboardInterrupt:
         if started:

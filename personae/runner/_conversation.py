@@ -24,6 +24,7 @@ from personae.graphs import Episode, Observer
 from personae.judges import JudgeAgent
 from personae.plugins import as_stored, load_imports
 from personae.runner._engine import RunResult, execute
+from personae.runner._shards import Shard, stored_shard
 from personae.runner._study import EpisodeJob, Services, Study, register_study, study_of_run
 from personae.scenario import (
     EpisodePlan,
@@ -302,8 +303,11 @@ async def arun(
     plan_limit: int | None = None,
     trust_backend: bool = False,
     notify: Any = None,
+    shard: Shard | str | None = None,
 ) -> RunResult:
     """Async form of `run`."""
+    if isinstance(shard, str):
+        shard = Shard.parse(shard)
     load_imports(imports, where="--import")
     cli_imports = as_stored(imports)
     instance = backend if isinstance(backend, Backend) else None
@@ -312,6 +316,7 @@ async def arun(
     study: Study
     if resume is not None:
         study = resumed_study(Path(resume))
+        shard = shard or stored_shard(Path(resume))
         if spec_string is not None and instance is None:
             study = study.with_backend(spec_string)
         if isinstance(study, ConversationStudy):
@@ -335,6 +340,7 @@ async def arun(
         announce=announce,
         trusted=trust_backend or backend is not None,
         notify=notify,
+        shard=shard,
     )
 
 
@@ -356,7 +362,9 @@ def run(scenario: str | Path | Scenario | None = None, **options: Any) -> RunRes
             turns (episodes times max_turns) a plan may hold (default 10,000,000).
             `trust_backend`: send credentials (e.g. `$OPENAI_API_KEY`) to endpoints named by
             the scenario file or the database; without it only a `backend` given here gets
-            them.
+            them. `shard`: a `Shard` or `"K/N"`: run only shard K of N of the plan (episodes
+            split by a hash of their id; merge the shard databases with `personae merge`); a
+            database every run of which ran one shard resumes as that shard.
 
     Returns:
         A `RunResult` with counts, tokens and the database path.
