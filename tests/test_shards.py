@@ -4,6 +4,7 @@ nothing, conflicts are reported, and bad input is one line, exit 2, nothing writ
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -308,3 +309,28 @@ def test_the_readme_slurm_array_example_runs_and_merges(tmp_path: Path, capsys: 
     planned = len(plan_episodes(load_scenario(SCENARIOS / "counseling_cbt.yaml")))
     assert code == 0 and f"{planned} episodes ({planned} complete)" in stdout
     assert log_problems(tmp_path / "logs" / "cbt.db", all_complete=True) == []
+
+
+# -- many inference servers --------------------------------------------------------------------
+
+
+def test_an_episode_goes_to_the_same_server_from_any_shard_process() -> None:
+    urls = ",".join(f"http://host{i}:8000/v1" for i in range(3))
+    ids = [p.episode_id for p in plan_episodes(load_scenario(SCENARIOS / "counseling_cbt.yaml"))]
+    code = (
+        "import json, sys; from personae.backends import create_backend\n"
+        f"b = create_backend('openai:{urls}?model=m')\n"
+        "ids = json.load(sys.stdin)\n"
+        "print(json.dumps([b.endpoint_for({'episode_id': i}) for i in ids]))"
+    )
+    routes = []
+    for hash_seed in ("1", "2"):  # another process, another str hash: the same routes
+        done = subprocess.run(
+            [sys.executable, "-c", code], input=json.dumps(ids), capture_output=True, text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": hash_seed}, check=True,
+        )  # fmt: skip
+        routes.append(json.loads(done.stdout))
+    assert routes[0] == routes[1]
+    route = dict(zip(ids, routes[0], strict=True))
+    for k in (1, 2):  # each shard of two uses all three servers
+        assert {route[i] for i in ids if shard_number(i, 2) == k} == set(urls.split(","))
