@@ -15,6 +15,8 @@ class RunProgress:
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.total = total
+        #: Whether a run has said how many episodes it will run (`expect`).
+        self.expected = False
         self.done = 0
         self.turns = 0
         self.tokens = 0
@@ -67,6 +69,7 @@ class RunProgress:
     def expect(self, total: int) -> None:
         """`total` more episodes are to run."""
         self.total += total
+        self.expected = True
         self._bar.update(self._task, total=self.total)
 
     def show(self, *, done: int, failed: int, turns: int, tokens: int) -> None:

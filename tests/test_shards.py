@@ -334,3 +334,37 @@ def test_an_episode_goes_to_the_same_server_from_any_shard_process() -> None:
     route = dict(zip(ids, routes[0], strict=True))
     for k in (1, 2):  # each shard of two uses all three servers
         assert {route[i] for i in ids if shard_number(i, 2) == k} == set(urls.split(","))
+
+
+# -- bad executor options ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--executor", "ray", "--shard", "1/2"], "--shard and --executor ray do not go together"),
+        (["--workers", "2"], "--workers: an option of the ray executor — add --executor ray"),
+        (["--address", "auto"], "--address: an option of the ray executor"),
+        (["--executor", "dask"], "--executor: unknown executor 'dask' — use local or ray"),
+    ],
+)
+def test_bad_executor_options_are_one_line_and_write_nothing(
+    scenario: Path, tmp_path: Path, capsys: Any, options: list[str], message: str
+) -> None:
+    before = tree_snapshot(tmp_path)
+    argv = ["run", str(scenario), "--db", str(tmp_path / "run.db"), "-q", *options]
+    code, _, stderr = cli(argv, capsys)
+    assert code == 2 and stderr.count("\n") == 1 and message in stderr, stderr
+    assert tree_snapshot(tmp_path) == before
+
+
+def test_the_ray_executor_without_ray_says_how_to_install_it(
+    scenario: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    before = tree_snapshot(tmp_path)
+    argv = ["run", str(scenario), "--db", str(tmp_path / "run.db"), "-q", "--executor", "ray"]
+    code, _, stderr = cli(argv, capsys)
+    assert code == 2 and stderr.count("\n") == 1
+    assert "needs Ray, which is not installed" in stderr and "pip install 'personae[ray]'" in stderr
+    assert tree_snapshot(tmp_path) == before

@@ -113,6 +113,22 @@ def run(
             "$SLURM_ARRAY_TASK_COUNT); combine the shard databases with 'personae merge'.",
         ),
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            metavar="local|ray",
+            help="ray: split the plan into --workers shards, each run by a Ray actor, and "
+            "merge their databases into --db (pip install 'personae[ray]').",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster for --executor ray (HOST:PORT or auto; default: local)."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Ray actors (shards) for --executor ray (default: the CPUs)."),
+    ] = None,
     trust_backend: TrustBackend = False,
     imports: Imports = None,
 ) -> None:
@@ -149,6 +165,9 @@ def run(
             trust_backend=trust_backend,
             notify=lambda line: err.print(line, markup=False),
             shard=shard,
+            executor=executor,
+            address=address,
+            workers=workers,
         )
     except KeyboardInterrupt:
         if started:
