@@ -119,6 +119,14 @@ class RunBackends:
                     self.sent.append((where, sent))
             self.for_agent[name] = self.by_spec[key]
 
+    def notes(self) -> list[str]:
+        """One line per endpoint that is sent credentials or denied them, for the user."""
+        return [
+            f"note: {held} is not sent to {spec}: the endpoint comes from a scenario file "
+            "or database (pass --trust-backend, or give it again with --backend)"
+            for spec, held in self.withheld
+        ] + [f"note: {sent} is sent to {spec}" for spec, sent in self.sent]
+
     async def start(self) -> None:
         for backend in self.by_spec.values():
             await backend.start()
@@ -227,13 +235,8 @@ async def execute(
     check_database(db_path, for_writing=True)
     backends = RunBackends(study, backend, trusted=trusted)
     if notify is not None:
-        for spec, held in backends.withheld:
-            notify(
-                f"note: {held} is not sent to {spec}: the endpoint comes from a scenario file "
-                "or database (pass --trust-backend, or give it again with --backend)"
-            )
-        for spec, sent in backends.sent:
-            notify(f"note: {sent} is sent to {spec}")
+        for line in backends.notes():
+            notify(line)
     run_id = uuid.uuid4().hex[:12]
     start = time.perf_counter()
     results: list[bool] = []

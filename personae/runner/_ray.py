@@ -247,7 +247,8 @@ async def execute_on_ray(
     plans = study.plan()
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}", where="--workers")
-    Shard(1, max(workers or 1, 1)).select(plans)  # a study in stages cannot be split
+    if workers:
+        Shard(1, workers).select(plans)  # a study in stages cannot be split
     db_path = Path(db) if db is not None else default_db_path(study.name)
     check_database(db_path, for_writing=True)
     backends = RunBackends(study, trusted=trusted)  # specs checked here; engines start in actors
@@ -258,11 +259,8 @@ async def execute_on_ray(
         count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         Shard(1, count).select(plans)
         lock.acquire()
-        for spec, held in backends.withheld:
-            say(f"note: {held} is not sent to {spec}: the endpoint comes from a scenario file "
-                "or database (pass --trust-backend, or give it again with --backend)")  # fmt: skip
-        for spec, sent in backends.sent:
-            say(f"note: {sent} is sent to {spec}")
+        for line in backends.notes():
+            say(line)
         await asyncio.to_thread(_merge, db_path)  # what a killed run left in its shards
         done = await asyncio.to_thread(_complete, db_path)
         before = await asyncio.to_thread(_run_ids, db_path)
