@@ -12,7 +12,8 @@
 - shows one progress bar summed over the actors; restarts an actor that dies (it resumes its
   shard: complete episodes are kept) up to `RESTARTS` times;
 - merges the shard databases into `DB` as soon as an actor has written its run row (so
-  `--resume DB` works after a killed driver), every `MERGE_EVERY_S` seconds, and at the end.
+  `--resume DB` works after a killed driver), every `MERGE_EVERY_S` seconds, and at the end
+  (also when interrupted or stopped by an error).
 
 The shard databases must be on a file system every node sees (as for SLURM); `ray.init` with
 no address starts a local Ray with one CPU per worker and needs no cluster.
@@ -294,8 +295,13 @@ async def execute_on_ray(
             todo_k = sum(1 for p in todo if shard_number(p.episode_id, count) == k)
             slots.append(_Slot(task, todo_k))
         start = time.perf_counter()
-        with RunProgress(len(todo), progress) as bar:
-            await _drive(ray, slots, bar, db_path, say)
+        try:
+            with RunProgress(len(todo), progress) as bar:
+                await _drive(ray, slots, bar, db_path, say)
+        except BaseException:  # interrupted, or a worker's error: keep what the shards saved
+            with contextlib.suppress(Exception):
+                _merge(db_path)
+            raise
         elapsed = time.perf_counter() - start
         await asyncio.to_thread(_merge, db_path)
     finally:
@@ -312,6 +318,7 @@ async def _drive(
     remote = ray.remote(num_cpus=1)(ShardWorker)
 
     def launch(slot: _Slot) -> None:
+        _forget(slot.asked)
         slot.actor = remote.remote()
         slot.call = asyncio.wrap_future(slot.actor.run.remote(slot.task).future())
         slot.seen, slot.asked = {}, None
@@ -330,6 +337,7 @@ async def _drive(
                 try:
                     slot.result = slot.call.result()
                     slot.call = None
+                    _forget(slot.asked)
                     ray.kill(slot.actor)  # its CPU goes to a worker still waiting for one
                     slot.actor = None
                 except ray.exceptions.RayActorError as exc:  # the worker process died
@@ -347,9 +355,16 @@ async def _drive(
                 merged_once, last_merge = True, time.monotonic()
     finally:
         for slot in slots:
+            _forget(slot.asked)
             if slot.actor is not None:
                 with contextlib.suppress(Exception):
                     ray.kill(slot.actor)
+
+
+def _forget(answer: asyncio.Future[Any] | None) -> None:
+    """Drop a progress call whose actor is going away (its error is expected, not news)."""
+    if answer is not None:
+        answer.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _restart_or_give_up(
