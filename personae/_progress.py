@@ -82,6 +82,8 @@ class RunProgress:
         console: Console | None = None,
     ) -> None:
         self.total = total
+        #: Whether a run has said how many episodes it will run (`expect`).
+        self.expected = False
         self.turns = 0
         self.tokens = 0
         self.done = 0
@@ -177,6 +179,18 @@ class RunProgress:
         self.done += 1
         self.failed += failed
         self._refresh(advance=1)
+
+    def expect(self, total: int) -> None:
+        """`total` more episodes are to run."""
+        self.total += total
+        self.expected = True
+        self._bar.update(self._task, total=self.total)
+
+    def show(self, *, done: int, failed: int, turns: int, tokens: int) -> None:
+        """Set the counts (e.g. summed over the workers of a run spread over processes)."""
+        advance = done - self.done
+        self.done, self.failed, self.turns, self.tokens = done, failed, turns, tokens
+        self._refresh(advance=advance)
 
     def note(self, text: str) -> None:
         """Show `text` beside the bar ("" clears it); without a bar, print it once on stderr

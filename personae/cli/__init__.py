@@ -1,5 +1,5 @@
 """The `personae` command line (`run | show | scenarios | replay | judge | export | browse |
-experiment | analyze`)."""
+experiment | analyze | merge`)."""
 
 from personae.cli import (  # noqa: F401 - registers the commands
     _analyze,
@@ -8,6 +8,7 @@ from personae.cli import (  # noqa: F401 - registers the commands
     _export,
     _judge,
     _replay,
+    _scale,
 )
 from personae.cli._app import app, main
 

@@ -122,6 +122,30 @@ def run(
         int | None,
         typer.Option(min=1, help="Most turns a plan may hold (default 10,000,000)."),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="K/N",
+            help="Run only shard K of N of the plan (e.g. $SLURM_ARRAY_TASK_ID/"
+            "$SLURM_ARRAY_TASK_COUNT); combine the shard databases with 'personae merge'.",
+        ),
+    ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            metavar="local|ray",
+            help="ray: split the plan into --workers shards, each run by a Ray actor, and "
+            "merge their databases into --db (pip install 'personae[ray]').",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster for --executor ray (HOST:PORT or auto; default: local)."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Ray actors (shards) for --executor ray (default: the CPUs)."),
+    ] = None,
     trust_backend: TrustBackend = False,
     imports: Imports = None,
 ) -> None:
@@ -159,6 +183,10 @@ def run(
             notify=lambda line: err.print(line, markup=False),
             repeats=repeats,
             settings=settings or (),
+            shard=shard,
+            executor=executor,
+            address=address,
+            workers=workers,
         )
     except KeyboardInterrupt:
         if started:

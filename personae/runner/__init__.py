@@ -1,6 +1,7 @@
 """THE runner: every study — conversation scenarios, teaching experiments, forks — runs through
 `execute` (plan → episodes in flight → one writer). `run` is the Python API behind
-`personae run`.
+`personae run`; a `Shard` is a deterministic slice of a plan, for running one plan in several
+processes.
 """
 
 from personae.runner._conversation import (
@@ -15,6 +16,7 @@ from personae.runner._conversation import (
     with_backend,
 )
 from personae.runner._engine import RunBackends, RunResult, default_db_path, execute
+from personae.runner._shards import Shard, shard_number, stored_shard
 from personae.runner._study import (
     STUDIES,
     EpisodeJob,
@@ -32,6 +34,7 @@ __all__ = [
     "RunBackends",
     "RunResult",
     "Services",
+    "Shard",
     "Study",
     "arun",
     "build_agents",
@@ -43,7 +46,9 @@ __all__ = [
     "register_study",
     "resumed_study",
     "run",
+    "shard_number",
     "stored_kind",
+    "stored_shard",
     "study_of_run",
     "with_backend",
 ]

@@ -24,6 +24,7 @@ from personae.graphs import Episode, Observer, Seat
 from personae.judges import JudgeAgent
 from personae.plugins import as_stored, load_imports
 from personae.runner._engine import RunResult, execute
+from personae.runner._shards import Shard, stored_shard
 from personae.runner._study import EpisodeJob, Services, Study, register_study, study_of_run
 from personae.scenario import (
     AgentSpec,
@@ -378,8 +379,15 @@ async def arun(
     notify: Any = None,
     repeats: int | None = None,
     settings: Sequence[str] = (),
+    shard: Shard | str | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> RunResult:
     """Async form of `run`."""
+    if isinstance(shard, str):
+        shard = Shard.parse(shard)
+    _check_executor(executor, address, workers, shard, backend)
     load_imports(imports, where="--import")
     cli_imports = as_stored(imports)
     instance = backend if isinstance(backend, Backend) else None
@@ -390,6 +398,8 @@ async def arun(
                                "settings": settings, "notify": notify}  # fmt: skip
     if resume is not None:
         study = resumed_study(Path(resume))
+        if executor == "local":
+            shard = shard or stored_shard(Path(resume))
         if spec_string is not None and instance is None:
             study = study.with_backend(spec_string)
         if isinstance(study, ConversationStudy):
@@ -409,6 +419,23 @@ async def arun(
             known = updated.imports
             updated = evolve(updated, imports=[*known, *(i for i in cli_imports if i not in known)])
         study = ConversationStudy(updated, plan_limit=plan_limit)
+    if executor == "ray":
+        from personae.runner._ray import execute_on_ray
+
+        return await execute_on_ray(
+            study,
+            db=Path(resume) if resume is not None else db,
+            workers=workers,
+            address=address,
+            concurrency=concurrency,
+            progress=progress,
+            stop_when=stop_when,
+            cache=cache,
+            announce=announce,
+            trusted=trust_backend or backend is not None,
+            notify=notify,
+            plan_limit=plan_limit,
+        )
     return await execute(
         study,
         db=Path(resume) if resume is not None else db,
@@ -420,7 +447,40 @@ async def arun(
         announce=announce,
         trusted=trust_backend or backend is not None,
         notify=notify,
+        shard=shard,
     )
+
+
+def _check_executor(
+    executor: str,
+    address: str | None,
+    workers: int | None,
+    shard: Shard | None,
+    backend: str | Backend | None,
+) -> None:
+    """Reject executor options that do not go together (before anything is read or written)."""
+    if executor not in ("local", "ray"):
+        raise UserError(
+            f"unknown executor {executor!r}", where="--executor", fix="use local or ray"
+        )
+    if executor == "local":
+        if address is not None or workers is not None:
+            option = "--address" if address is not None else "--workers"
+            raise UserError("an option of the ray executor", where=option, fix="add --executor ray")
+        return
+    if shard is not None:
+        raise UserError(
+            "--shard and --executor ray do not go together: the ray executor splits the plan "
+            "into shards itself",
+            where=f"--shard {shard.label}",
+            fix="drop --shard, and set the number of shards with --workers N",
+        )
+    if isinstance(backend, Backend):
+        raise UserError(
+            "a backend instance cannot be sent to Ray workers",
+            where="--executor ray",
+            fix="give a backend spec instead (e.g. openai:http://host:8000/v1)",
+        )
 
 
 def run(scenario: str | Path | Scenario | None = None, **options: Any) -> RunResult:
@@ -445,6 +505,12 @@ def run(scenario: str | Path | Scenario | None = None, **options: Any) -> RunRes
             `KEY.PATH=VALUE` strings overriding scenario fields before validation (`run
             --set`), e.g. `graph.max_turns=4`; they are part of the stored spec. `notify`: called
             with one-line notes (an `episodes` cap above the plan, credentials withheld).
+            `shard`: a `Shard` or `"K/N"`: run only shard K of N of the plan (episodes
+            split by a hash of their id; merge the shard databases with `personae merge`); a
+            database every run of which ran one shard resumes as that shard.
+            `executor`: `"local"` (this process) or `"ray"`: the plan split into `workers`
+            shards, each run by a Ray actor into `DB.shards/K-of-N.db` and merged into `db`
+            (`address`: a Ray cluster; default: start Ray on this machine).
 
     Returns:
         A `RunResult` with counts, tokens and the database path.

@@ -5,7 +5,8 @@ already complete (a rerun or `--resume` continues where a run stopped), writes t
 commits it) before the first episode starts, runs each stage's episodes concurrently under one
 gate, records every episode's status, end reason, turn count and outcome, and marks the run
 `complete`, `partial` (some episodes failed), `failed` (all did) or `interrupted`. An episode's
-failure never stops the run.
+failure never stops the run. With a `Shard` it runs only that shard of the plan (the run row
+records which), for a database that is merged with the other shards' afterwards.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from personae._version import __version__
 from personae.backends import Backend, create_backend
 from personae.errors import UserError
 from personae.graphs import StopPredicate
+from personae.runner._shards import Shard
 from personae.runner._study import Services, Study
 from personae.scenario import EpisodePlan
 from personae.store import RunLock, RunLog, StoreFailure, TurnLogWriter, open_database
@@ -117,6 +119,14 @@ class RunBackends:
                     self.sent.append((where, sent))
             self.for_agent[name] = self.by_spec[key]
 
+    def notes(self) -> list[str]:
+        """One line per endpoint that is sent credentials or denied them, for the user."""
+        return [
+            f"note: {held} is not sent to {spec}: the endpoint comes from a scenario file "
+            "or database (pass --trust-backend, or give it again with --backend)"
+            for spec, held in self.withheld
+        ] + [f"note: {sent} is sent to {spec}" for spec, sent in self.sent]
+
     async def start(self) -> None:
         for backend in self.by_spec.values():
             await backend.start()
@@ -188,13 +198,14 @@ async def execute(
     db: str | Path | None = None,
     backend: Backend | None = None,
     concurrency: int | None = None,
-    progress: bool = False,
+    progress: bool | RunProgress = False,
     stop_when: StopPredicate | None = None,
     cache: bool | str | Path = False,
     announce: Callable[[Path], None] | None = None,
     extra_rows: Callable[[EpisodePlan], dict[str, Any]] | None = None,
     trusted: bool = True,
     notify: Callable[[str], None] | None = None,
+    shard: Shard | None = None,
 ) -> RunResult:
     """Run every episode of `study` not yet complete in `db`, and log everything.
 
@@ -203,7 +214,8 @@ async def execute(
         db: The run database (default `logs/<name>-<time>.db`); an existing one is resumed.
         backend: A caller-owned backend for every agent (else the study's specs are built).
         concurrency: Episodes in flight (default: the backends' parallelism).
-        progress: Show a progress bar on stderr.
+        progress: Show a progress bar on stderr; or a caller's `RunProgress` to count into
+            (it is told the number of episodes to run; the caller shows it).
         stop_when: A predicate on the history that ends a conversation.
         cache: True or a path: reuse replies to identical requests from a response cache.
         announce: Called with the database path once the engines are up, before any row.
@@ -211,23 +223,22 @@ async def execute(
         trusted: False when the study's backend specs came from a scenario file or database the
             user has not vouched for: no credentials are sent to them.
         notify: Called with one-line notes for the user (credentials withheld).
+        shard: Run only this shard of the plan.
 
     Raises:
-        UserError: a bad database file or backend spec; raised before any run row is written.
+        UserError: a bad database file or backend spec, or a study in stages given a shard of
+            several; raised before any run row is written.
     """
     every = progress_every() if progress else None  # a bad setting is an error before any row
     plans = study.plan()
+    if shard is not None:
+        plans = shard.select(plans)
     db_path = Path(db) if db is not None else default_db_path(study.name)
     check_database(db_path, for_writing=True)
     backends = RunBackends(study, backend, trusted=trusted)
     if notify is not None:
-        for spec, held in backends.withheld:
-            notify(
-                f"note: {held} is not sent to {spec}: the endpoint comes from a scenario file "
-                "or database (pass --trust-backend, or give it again with --backend)"
-            )
-        for spec, sent in backends.sent:
-            notify(f"note: {sent} is sent to {spec}")
+        for line in backends.notes():
+            notify(line)
     run_id = uuid.uuid4().hex[:12]
     start = time.perf_counter()
     results: list[bool] = []
@@ -251,7 +262,7 @@ async def execute(
         async with TurnLogWriter(db_path) as writer, AsyncExitStack() as stack:
             for stale_id in stale:
                 writer.upsert("runs", {"run_id": stale_id, "status": "interrupted"})
-            _log_run_start(writer, run_id, study, backends, todo, extra_rows)
+            _log_run_start(writer, run_id, study, backends, todo, extra_rows, shard)
             await writer.flush()  # the run row is committed before the first episode starts
             responses = None
             if cache:
@@ -261,7 +272,14 @@ async def execute(
                 responses = ResponseCache(cache_path, cache_writer)
             services = Services(backends.for_agent, writer, responses, stop_when)
             gate = asyncio.Semaphore(max(1, width))
-            with RunProgress(len(todo), progress, every=every) as bar:
+            if isinstance(progress, RunProgress):
+                progress.expect(len(todo))
+            shown: AbstractContextManager[RunProgress] = (
+                nullcontext(progress)
+                if isinstance(progress, RunProgress)
+                else RunProgress(len(todo), progress, every=every)
+            )
+            with shown as bar:
                 watcher = asyncio.ensure_future(watch_backend(bar, backends.spec))
 
                 async def one(plan: EpisodePlan) -> tuple[bool, Any]:
@@ -355,6 +373,7 @@ def _log_run_start(
     backends: RunBackends,
     todo: Sequence[EpisodePlan],
     extra_rows: Callable[[EpisodePlan], dict[str, Any]] | None,
+    shard: Shard | None = None,
 ) -> None:
     writer.insert(
         "runs",
@@ -369,6 +388,7 @@ def _log_run_start(
             "created_at": utc(),
             "personae_version": __version__,
             "study": study.kind,
+            "shard": shard.label if shard is not None else None,
         },
     )
     for plan in todo:

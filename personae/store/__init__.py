@@ -4,10 +4,12 @@ Every turn of every episode is stored (`turns`), with the model call behind it (
 grouped by `episodes` and `runs`. Databases carry a schema version; readers refuse newer ones.
 One run at a time writes a database (`RunLock`), through one `TurnLogWriter`, which either saves
 every queued row in order or stops with a `StoreFailure` saying what was not saved.
+`merge_databases` puts the databases of a plan's shards together again.
 """
 
 from personae.store._failures import StoreFailure
 from personae.store._lock import RunLock
+from personae.store._merge import Conflict, MergeReport, ShardMerge, merge_databases
 from personae.store._reader import RunLog, Turn
 from personae.store._schema import (
     SCHEMA_VERSION,
@@ -19,12 +21,16 @@ from personae.store._writer import TurnLogWriter
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Conflict",
+    "MergeReport",
     "RunLock",
     "RunLog",
+    "ShardMerge",
     "StoreFailure",
     "Turn",
     "TurnLogWriter",
     "check_database",
     "episode_key",
+    "merge_databases",
     "open_database",
 ]

@@ -45,6 +45,7 @@ _TABLES: dict[str, dict[str, Any]] = {
             "summary_json": str,
             "personae_version": str,
             "study": str,
+            "shard": str,
         },
         "pk": "run_id",
     },
@@ -213,9 +214,11 @@ def readonly_uri(path: Path) -> str:
     return uri
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection with WAL, foreign keys and a busy timeout."""
-    conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+def connect(path: Path, *, uri: bool = False) -> sqlite3.Connection:
+    """A connection with WAL, foreign keys and a busy timeout; with `uri`, opened by its `file:`
+    URI, so that `ATTACH` on it may name `readonly_uri`s."""
+    name = Path(path).resolve().as_uri() if uri else str(path)
+    conn = sqlite3.connect(name, timeout=30.0, check_same_thread=False, uri=uri)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA foreign_keys=ON")
