@@ -24,12 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 
 from personae._yaml import load_yaml
 from personae.errors import UserError
-from personae.graphs._conversation import ConversationOptions, check_seed_lines, say_seed_lines
+from personae.graphs._conversation import check_seed_lines, say_seed_lines
 from personae.graphs._episode import EMPTY_UTTERANCE, Episode
-from personae.graphs._group import choose_speaker, make_policy
+from personae.graphs._group import TurnTakingOptions, choose_speaker, make_policy
 from personae.graphs._policies import TurnPolicy
 from personae.graphs._registry import GraphKind, register_graph
-from personae.graphs._topology import TopologySpec, build_topology, parse_topology
+from personae.graphs._topology import TopologySpec, build_topology
 from personae.seeds import derive_seed
 from personae.validation import validation_error
 
@@ -66,7 +66,7 @@ class SeedComments(BaseModel):
         return value
 
 
-class DiscussionOptions(ConversationOptions):
+class DiscussionOptions(TurnTakingOptions):
     """Options of the `discussion` graph."""
 
     max_turns: StrictInt = Field(
@@ -87,16 +87,6 @@ class DiscussionOptions(ConversationOptions):
     seed_comments: SeedComments | None = Field(
         None, description="Opening comments drawn per discussion from a pool."
     )
-
-    @field_validator("policy", mode="before")
-    @classmethod
-    def _policy_shorthand(cls, value: Any) -> Any:
-        return {"kind": value} if isinstance(value, str) else value
-
-    @field_validator("topology", mode="before")
-    @classmethod
-    def _topology_shape(cls, value: Any) -> Any:
-        return parse_topology(value)
 
 
 class DiscussionState(TypedDict):

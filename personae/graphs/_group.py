@@ -42,8 +42,8 @@ class GroupState(TypedDict):
     decision: dict[str, Any] | None
 
 
-class GroupOptions(ConversationOptions):
-    """Options of the `group` graph."""
+class TurnTakingOptions(ConversationOptions):
+    """Options of graphs whose speakers a turn policy picks, within a topology."""
 
     policy: dict[str, Any] = Field(
         default_factory=lambda: {"kind": "round_robin"},
@@ -51,11 +51,6 @@ class GroupOptions(ConversationOptions):
     )
     topology: TopologySpec | None = Field(
         None, description="complete | ring | star | {star: HUB} | {edges: [[A, B], ...]}."
-    )
-    allow_pass: bool = Field(False, description="Agents may abstain (output the pass token).")
-    pass_token: str = Field("[pass]", min_length=1, description="What an abstention looks like.")
-    max_passes_in_a_row: StrictInt | None = Field(
-        None, ge=1, description="End after this many passes in a row (default: every agent)."
     )
 
     @field_validator("policy", mode="before")
@@ -67,6 +62,16 @@ class GroupOptions(ConversationOptions):
     @classmethod
     def _topology_shape(cls, value: Any) -> Any:
         return parse_topology(value)
+
+
+class GroupOptions(TurnTakingOptions):
+    """Options of the `group` graph."""
+
+    allow_pass: bool = Field(False, description="Agents may abstain (output the pass token).")
+    pass_token: str = Field("[pass]", min_length=1, description="What an abstention looks like.")
+    max_passes_in_a_row: StrictInt | None = Field(
+        None, ge=1, description="End after this many passes in a row (default: every agent)."
+    )
 
 
 @register_graph("group")

@@ -419,36 +419,23 @@ async def arun(
             known = updated.imports
             updated = evolve(updated, imports=[*known, *(i for i in cli_imports if i not in known)])
         study = ConversationStudy(updated, plan_limit=plan_limit)
+    common: dict[str, Any] = {
+        "db": Path(resume) if resume is not None else db,
+        "concurrency": concurrency,
+        "progress": progress,
+        "stop_when": stop_when,
+        "cache": cache,
+        "announce": announce,
+        "trusted": trust_backend or backend is not None,
+        "notify": notify,
+    }
     if executor == "ray":
         from personae.runner._ray import execute_on_ray
 
         return await execute_on_ray(
-            study,
-            db=Path(resume) if resume is not None else db,
-            workers=workers,
-            address=address,
-            concurrency=concurrency,
-            progress=progress,
-            stop_when=stop_when,
-            cache=cache,
-            announce=announce,
-            trusted=trust_backend or backend is not None,
-            notify=notify,
-            plan_limit=plan_limit,
+            study, workers=workers, address=address, plan_limit=plan_limit, **common
         )
-    return await execute(
-        study,
-        db=Path(resume) if resume is not None else db,
-        backend=instance,
-        concurrency=concurrency,
-        progress=progress,
-        stop_when=stop_when,
-        cache=cache,
-        announce=announce,
-        trusted=trust_backend or backend is not None,
-        notify=notify,
-        shard=shard,
-    )
+    return await execute(study, backend=instance, shard=shard, **common)
 
 
 def _check_executor(
