@@ -239,3 +239,48 @@ def references(node: Node) -> list[str]:
     if isinstance(node, Rep):
         return references(node.item)
     return []
+
+
+@dataclass(frozen=True, slots=True)
+class Grammar:
+    """A whole grammar for constrained decoding: named rules, the first of them `root`.
+
+    Engines render it per dialect: `gbnf()` for llama.cpp and vLLM (xgrammar reads GBNF), and
+    `regex()` for checking a reply that no engine constrained (the scripted backend). Frozen
+    and hashable, so it travels in a `GenerationRequest`.
+
+    Attributes:
+        rules: `(name, node)` pairs; `rules[0]` is the root rule.
+    """
+
+    rules: tuple[tuple[str, Node], ...]
+
+    def __post_init__(self) -> None:
+        if not self.rules or self.rules[0][0] != "root":
+            raise ValueError("a grammar's first rule must be named 'root'")
+
+    @classmethod
+    def of(cls, root: Node, **rules: Node) -> Grammar:
+        """The grammar with root rule `root` and the named `rules` it refers to."""
+        return cls((("root", root), *rules.items()))
+
+    def gbnf(self) -> str:
+        """The grammar in GBNF, one rule per line."""
+        return "".join(f"{name} ::= {gbnf(node)}\n" for name, node in self.rules)
+
+    def regex(self) -> str:
+        """The same language as a Python regular expression (use with `re.fullmatch`)."""
+        return regex(self.rules[0][1], dict(self.rules))
+
+    def matches(self, text: str) -> bool:
+        """Whether `text` is in the language."""
+        return _compiled_regex(self.regex()).fullmatch(text) is not None
+
+
+_REGEX_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def _compiled_regex(pattern: str) -> re.Pattern[str]:
+    if pattern not in _REGEX_CACHE:
+        _REGEX_CACHE[pattern] = re.compile(pattern, re.DOTALL)
+    return _REGEX_CACHE[pattern]

@@ -113,6 +113,12 @@ class ScriptedBackend(Backend):
         text = self._pick(request)
         if request.choices and text not in request.choices:
             text = request.choices[0]
+        if request.grammar is not None and not request.grammar.matches(text):
+            raise BackendError(
+                f"scripted reply {text[:80]!r} is outside the request's grammar (a constrained "
+                "engine could not produce it): script a reply the grammar accepts",
+                retryable=False,
+            )
         if request.json_schema is not None and not _is_json(text):
             # as a constrained engine would: the reply always matches the schema
             text = json.dumps(schema_instance(request.json_schema), separators=(",", ":"))
