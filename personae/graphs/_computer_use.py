@@ -175,7 +175,14 @@ class ComputerUse(GraphKind):
                 fix="use role computer_user (or a role derived from it)",
             )
         path = Path(opts.task)
-        self.task = load_task(path if path.is_absolute() else cast.base_dir / path)
+        path = path if path.is_absolute() else cast.base_dir / path
+        if not path.is_file():
+            raise UserError(
+                f"no task file {path}",
+                where=cast.where("task"),
+                fix="give a task YAML file, relative to the scenario's folder",
+            )
+        self.task = load_task(path)
         self.env_cls = get_environment(self.task.environment)
         self.env_options: EnvironmentOptions = environment_options(
             self.env_cls, opts.environment_options, cast.where("environment_options")
