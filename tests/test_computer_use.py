@@ -9,7 +9,7 @@ import random
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -292,7 +292,7 @@ def test_max_steps_ends_the_episode(tmp_path: Path) -> None:
 class Recorder(_computer_use.RunFolder):
     """A run folder that remembers every one made (to look for leftovers)."""
 
-    made: list[Path] = []
+    made: ClassVar[list[Path]] = []
 
     def __init__(self) -> None:
         super().__init__()
