@@ -391,3 +391,46 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert says in lines[0] and "graph" in lines[0]
     assert files_under(tmp_path) == before
+
+
+# -- the real embedded model ------------------------------------------------------------------
+
+
+@pytest.mark.model
+async def test_the_embedded_model_under_the_grammar_always_emits_an_action() -> None:
+    from personae.backends import EmbeddedBackend
+
+    grammar = action_grammar(SHELL)
+    prompt = (
+        "A computer-use agent carries out a task, one action per step.\n"
+        "The user's request: list the files in the workspace.\n"
+        "Actions: sh <command>, done, fail <reason>, ask <question>\nAction:"
+    )
+    async with EmbeddedBackend() as backend:
+        for seed in range(3):
+            request = GenerationRequest(prompt=prompt, grammar=grammar, max_tokens=40, seed=seed)
+            text = (await backend.generate(request)).text
+            assert not isinstance(parse_action(text, SHELL), ParseError), repr(text)
+
+
+@pytest.mark.model
+def test_a_constrained_episode_on_the_embedded_model(tmp_path: Path) -> None:
+    require_bwrap()
+    path = scenario(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["graph"]["task"] = str(DATA / "two_steps.yaml")
+    data["agents"]["agent"]["sampling"] = {"max_tokens": 40, "temperature": 0.7}
+    data["agents"]["judge"]["sampling"] = {"temperature": 0.0}
+    path.write_text(yaml.safe_dump(data))
+    db = tmp_path / "run.db"
+    result = personae.run(path, db=db, backend="embedded")
+    assert result.complete == 1
+    steps = rows(db, "SELECT * FROM env_steps ORDER BY step")
+    assert 1 <= len(steps) <= 2
+    assert all(s["parse_ok"] == 1 for s in steps)  # the grammar leaves no room for a bad line
+    outcome = json.loads(rows(db, "SELECT outcome_json FROM episodes")[0]["outcome_json"])
+    assert set(outcome) == OUTCOME_KEYS and outcome["parse_failures"] == 0
+    assert outcome["end"] in ("done", "fail", "ask", "max_steps")
+    (judgment,) = rows(db, "SELECT rubric, valid, parsed_json FROM judgments")
+    assert judgment["rubric"] == "bgd" and judgment["valid"] == 1  # constrained JSON parses
+    assert set(json.loads(judgment["parsed_json"])) == {"bgd", "completion", "rationale"}
