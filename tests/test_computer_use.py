@@ -434,3 +434,42 @@ def test_a_constrained_episode_on_the_embedded_model(tmp_path: Path) -> None:
     (judgment,) = rows(db, "SELECT rubric, valid, parsed_json FROM judgments")
     assert judgment["rubric"] == "bgd" and judgment["valid"] == 1  # constrained JSON parses
     assert set(json.loads(judgment["parsed_json"])) == {"bgd", "completion", "rationale"}
+
+
+# -- the shipped scenario, shards and merge -------------------------------------------------------
+
+
+def test_the_shipped_scenario_runs_every_task_under_every_prompting(tmp_path: Path) -> None:
+    require_bwrap()
+    db = tmp_path / "run.db"
+    result = personae.run("computer_use", backend="scripted", db=db)
+    assert result.complete == 6  # 2 task files x 3 promptings
+    outcomes = [
+        json.loads(r["outcome_json"]) for r in rows(db, "SELECT outcome_json FROM episodes")
+    ]
+    assert {(o["task"], o["prompting"]) for o in outcomes} == {
+        (task, prompting)
+        for task in ("share-team-folder", "free-up-space")
+        for prompting in ("default", "contextual", "reflective")
+    }
+    assert all(set(o) == OUTCOME_KEYS and o["parse_failures"] == 0 for o in outcomes)
+
+
+def test_merging_shards_copies_their_steps(tmp_path: Path) -> None:
+    require_bwrap()
+    from personae.store import merge_databases
+
+    path = scenario(tmp_path, {"agent": ["sh ls", "done"], "judge": [VERDICT]})
+    data = yaml.safe_load(path.read_text())
+    data["grid"] = {"agent.prompting": ["default", "contextual", "reflective"]}
+    path.write_text(yaml.safe_dump(data))
+    shards = [tmp_path / f"{k}.db" for k in (1, 2)]
+    for k, shard in enumerate(shards, 1):
+        personae.run(path, db=shard, shard=f"{k}/2")
+    merged = tmp_path / "merged.db"
+    merge_databases(merged, shards)
+    expected = sum(len(rows(s, "SELECT * FROM env_steps")) for s in shards)
+    assert expected == 6
+    assert len(rows(merged, "SELECT * FROM env_steps")) == expected
+    merge_databases(merged, shards)  # again: a no-op
+    assert len(rows(merged, "SELECT * FROM env_steps")) == expected

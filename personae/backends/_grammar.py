@@ -276,6 +276,24 @@ class Grammar:
         """Whether `text` is in the language."""
         return _compiled_regex(self.regex()).fullmatch(text) is not None
 
+    def shortest(self) -> str:
+        """A shortest text of the language (the first of them, in rule order)."""
+        return _shortest(self.rules[0][1], dict(self.rules))
+
+
+def _shortest(node: Node, rules: dict[str, Node]) -> str:
+    if isinstance(node, Lit):
+        return node.text
+    if isinstance(node, CharClass):
+        return next(c for c in "a0x_-. " if re.fullmatch(node.regex, c))
+    if isinstance(node, Ref):
+        return _shortest(rules[node.name], rules)
+    if isinstance(node, Seq):
+        return "".join(_shortest(item, rules) for item in node.items)
+    if isinstance(node, Alt):
+        return min((_shortest(option, rules) for option in node.options), key=len)
+    return _shortest(node.item, rules) * node.low
+
 
 _REGEX_CACHE: dict[str, re.Pattern[str]] = {}
 
