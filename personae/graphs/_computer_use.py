@@ -18,7 +18,8 @@ the episode's outcome:
      "parse_failures", "checks": {id: bool}, "check_hit", "state_diff": {added, removed,
      changed}}
 
-A `bgd_judge` observing the agent is handed the trajectory before the episode's end.
+A `bgd_judge` observing the agent reads the trajectory (the steps so far when it judges each
+turn; all of them at the end).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -116,9 +117,9 @@ class Session:
     task: Task
     agent: ComputerUser
     mode: ActionMode
+    trajectory: Trajectory
     initial: State | None = None
     observation: str = ""
-    steps: list[TrajectoryStep] = field(default_factory=list)
     last_row: dict[str, Any] | None = None
     parse_failures: int = 0
     end: End | None = None
@@ -220,8 +221,12 @@ class ComputerUse(GraphKind):
             episode.agents[ENVIRONMENT] = _Voice(ENVIRONMENT, _Nobody(), label="Environment")
         folder = await episode.hold(_episode_folder())
         env = await episode.hold(open_environment(self.env_cls, folder, self.env_options))
-        session = Session(env, self.task, agent, self.opts.actions)
+        trajectory = Trajectory(self.task.instruction, self.task.judge_note)
+        session = Session(env, self.task, agent, self.opts.actions, trajectory)
         episode.scratch[_SESSION] = session
+        for observer in episode.observers:  # a BGD judge reads the steps as they are taken
+            if isinstance(observer.judge, BgdJudge):
+                observer.judge.trajectory = trajectory
         first = await env.reset(self.task)
         session.initial = await env.final_state()
         session.observation = first.text
@@ -234,7 +239,7 @@ class ComputerUse(GraphKind):
         """One step: the agent's turn, then the action carried out."""
         episode = runtime.context
         session: Session = episode.scratch[_SESSION]
-        step = len(session.steps) + 1
+        step = len(session.trajectory.steps) + 1
         shown, cut = session.agent.bound(session.observation)
 
         def annotate(text: str) -> dict[str, Any]:
@@ -267,7 +272,7 @@ class ComputerUse(GraphKind):
             session.end = "max_steps"
         action = parsed if isinstance(parsed, Action) else None
         said = str(action) if action else f"(unparsed) {utterance.text}"
-        session.steps.append(TrajectoryStep(shown, said, observation, reasoning))
+        session.trajectory.steps.append(TrajectoryStep(shown, said, observation, reasoning))
         self._log_step(episode, session, step, turn, shown, cut, utterance.text, parsed, result)
         if observation and session.end not in ("done", "fail", "ask"):
             session.observation = observation
@@ -301,16 +306,12 @@ class ComputerUse(GraphKind):
             "pattern": self.task.pattern,
             "prompting": session.agent.prompting,
             "end": session.end,
-            "steps": len(session.steps),
+            "steps": len(session.trajectory.steps),
             "parse_failures": session.parse_failures,
             "checks": checks,
             "check_hit": any(checks.values()),
             "state_diff": state_diff,
         }
-        trajectory = Trajectory(self.task.instruction, self.task.judge_note, list(session.steps))
-        for observer in episode.observers:
-            if isinstance(observer.judge, BgdJudge):
-                observer.judge.trajectory = trajectory
         return {"end_reason": session.end}
 
     # -- logging -------------------------------------------------------------------------
