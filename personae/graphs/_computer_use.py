@@ -1,6 +1,6 @@
 """The computer-use loop: an agent acts on a sandboxed computer until it stops.
 
-    START → reset → act ⇄ step → finish → END
+    START → reset → act → step → (act | finish) → END
 
 `reset` opens the task's environment (`open_environment`, in a `RunFolder` of the episode's
 own; both are held by the episode, so they are closed however the episode ends), builds the
@@ -120,6 +120,8 @@ class Session:
     trajectory: Trajectory
     initial: State | None = None
     observation: str = ""
+    turn: int = 0
+    output: str = ""
     last_row: dict[str, Any] | None = None
     parse_failures: int = 0
     end: End | None = None
@@ -198,10 +200,12 @@ class ComputerUse(GraphKind):
         )
         builder.add_node("reset", self._reset)
         builder.add_node("act", self._act)
+        builder.add_node("step", self._step)
         builder.add_node("finish", self._finish)
         builder.add_edge(START, "reset")
         builder.add_edge("reset", "act")
-        builder.add_conditional_edges("act", self._route, ["act", "finish"])
+        builder.add_edge("act", "step")
+        builder.add_conditional_edges("step", self._route, ["act", "finish"])
         builder.add_edge("finish", END)
         return builder.compile(name="computer_use")
 
@@ -236,11 +240,10 @@ class ComputerUse(GraphKind):
         return {}
 
     async def _act(self, state: ComputerUseState, runtime: Runtime[Episode]) -> dict[str, Any]:
-        """One step: the agent's turn, then the action carried out."""
+        """The agent's turn: its output logged, with the action parsed from it."""
         episode = runtime.context
         session: Session = episode.scratch[_SESSION]
         step = len(session.trajectory.steps) + 1
-        shown, cut = session.agent.bound(session.observation)
 
         def annotate(text: str) -> dict[str, Any]:
             parsed, reasoning = parse_output(text, self.specs, session.mode)
@@ -253,9 +256,17 @@ class ComputerUse(GraphKind):
                 hidden["reasoning"] = reasoning
             return hidden
 
-        turn = episode.next_turn
-        utterance = await episode.take_turn(self.agent, annotate=annotate)
-        parsed, reasoning = parse_output(utterance.text, self.specs, session.mode)
+        session.turn = episode.next_turn
+        session.output = (await episode.take_turn(self.agent, annotate=annotate)).text
+        return {}
+
+    async def _step(self, state: ComputerUseState, runtime: Runtime[Episode]) -> dict[str, Any]:
+        """The action carried out (or the parse error returned), logged as a step."""
+        episode = runtime.context
+        session: Session = episode.scratch[_SESSION]
+        step = len(session.trajectory.steps) + 1
+        shown, cut = session.agent.bound(session.observation)
+        parsed, reasoning = parse_output(session.output, self.specs, session.mode)
         result: StepResult | None = None
         if isinstance(parsed, ParseError):
             session.parse_failures += 1
@@ -271,9 +282,9 @@ class ComputerUse(GraphKind):
         if session.end is None and step >= self.task.max_steps:
             session.end = "max_steps"
         action = parsed if isinstance(parsed, Action) else None
-        said = str(action) if action else f"(unparsed) {utterance.text}"
+        said = str(action) if action else f"(unparsed) {session.output}"
         session.trajectory.steps.append(TrajectoryStep(shown, said, observation, reasoning))
-        self._log_step(episode, session, step, turn, shown, cut, utterance.text, parsed, result)
+        self._log_step(episode, session, step, shown, cut, parsed, result)
         if observation and session.end not in ("done", "fail", "ask"):
             session.observation = observation
             await episode.add_line(
@@ -320,10 +331,8 @@ class ComputerUse(GraphKind):
         episode: Episode,
         session: Session,
         step: int,
-        turn: int,
         shown: str,
         cut: bool,
-        raw: str,
         parsed: Action | ParseError,
         result: StepResult | None,
     ) -> None:
@@ -331,11 +340,11 @@ class ComputerUse(GraphKind):
             "step_id": f"{episode.episode_id}:{step:04d}",
             "episode_id": episode.episode_id,
             "step": step,
-            "turn_idx": turn,
+            "turn_idx": session.turn,
             "observation": shown,
             "observation_sha256": hashlib.sha256(shown.encode()).hexdigest(),
             "observation_truncated": int(cut),
-            "raw_output": raw,
+            "raw_output": session.output,
             "action": str(parsed) if isinstance(parsed, Action) else None,
             "parse_ok": int(not isinstance(parsed, ParseError)),
             "parse_error": parsed.message if isinstance(parsed, ParseError) else None,
