@@ -473,3 +473,17 @@ def test_merging_shards_copies_their_steps(tmp_path: Path) -> None:
     assert len(rows(merged, "SELECT * FROM env_steps")) == expected
     merge_databases(merged, shards)  # again: a no-op
     assert len(rows(merged, "SELECT * FROM env_steps")) == expected
+
+
+def test_long_observations_are_cut_for_the_agent_and_the_cut_recorded(tmp_path: Path) -> None:
+    require_bwrap()
+    replies = {"agent": ["sh seq 1 2000", "done"], "judge": [VERDICT]}
+    db = tmp_path / "run.db"
+    personae.run(scenario(tmp_path, replies, observation_tokens=16), db=db)
+    steps = rows(db, "SELECT observation, observation_truncated FROM env_steps ORDER BY step")
+    assert [s["observation_truncated"] for s in steps] == [1, 1]
+    assert "characters cut" in steps[1]["observation"] and len(steps[1]["observation"]) < 120
+    full = rows(db, "SELECT text FROM turns WHERE agent = 'environment' ORDER BY idx")[1]["text"]
+    assert "\n1000\n" in full  # the turn keeps the whole observation
+    (last,) = rows(db, "SELECT prompt FROM llm_calls WHERE agent = 'agent' AND turn_idx = 3")
+    assert "characters cut" in last["prompt"] and "\n1000\n" not in last["prompt"]
