@@ -487,3 +487,17 @@ def test_long_observations_are_cut_for_the_agent_and_the_cut_recorded(tmp_path: 
     assert "\n1000\n" in full  # the turn keeps the whole observation
     (last,) = rows(db, "SELECT prompt FROM llm_calls WHERE agent = 'agent' AND turn_idx = 3")
     assert "characters cut" in last["prompt"] and "\n1000\n" not in last["prompt"]
+
+
+def test_a_logged_episode_replays_identically_in_a_fresh_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_bwrap()
+    replies = {"agent": ["sh echo hi > notes/new.txt", "sh ls notes", "done"], "judge": [VERDICT]}
+    db = tmp_path / "run.db"
+    personae.run(scenario(tmp_path, replies), db=db)
+    (episode,) = rows(db, "SELECT episode_id FROM episodes")
+    capsys.readouterr()
+    code = main_code(["replay", str(db), episode["episode_id"], "--verify"])
+    out = capsys.readouterr().out
+    assert code == 0 and f"identical {episode['episode_id']}" in out, out
