@@ -104,8 +104,10 @@ class OpenAIBackend(Backend):
         structured: Dialect for constrained output: "vllm" (`structured_outputs`; schemas as
             the `json_schema_grammar` GBNF, read by vLLM's default xgrammar backend), "llamacpp"
             (`grammar`), "openai" (strict `response_format` JSON schema; choices are
-            wrapped in a `{"choice": ...}` object and unwrapped again) or "auto"/None: found
-            out from the server and checked with one constrained request at `start`.
+            wrapped in a `{"choice": ...}` object and unwrapped again; it has no grammars, so a
+            grammar request is a `BackendError`) or "auto"/None: found out from the server
+            and checked with one constrained request at `start`. vLLM and llama.cpp get a
+            request's `grammar` as GBNF.
         backoff_s: Like `retries`: not used here; exposed as `self.backoff_s` for the caller.
         transport: An httpx transport to use instead of the network (tests).
     """
