@@ -501,3 +501,20 @@ def test_a_logged_episode_replays_identically_in_a_fresh_environment(
     code = main_code(["replay", str(db), episode["episode_id"], "--verify"])
     out = capsys.readouterr().out
     assert code == 0 and f"identical {episode['episode_id']}" in out, out
+
+
+def test_the_sft_export_briefs_the_agent_as_the_graph_did(tmp_path: Path) -> None:
+    require_bwrap()
+    from personae.export import sft_conversations
+
+    db = tmp_path / "run.db"
+    personae.run(scenario(tmp_path, {"agent": ["sh ls notes", "done"], "judge": [VERDICT]}), db=db)
+    (record,) = sft_conversations(db, "computer_user")
+    system = record["messages"][0]["content"]
+    assert "Free up space in the workspace" in system and "sh <command>" in system
+    assert [m["content"] for m in record["messages"] if m["role"] == "assistant"] == [
+        "sh ls notes",
+        "done",
+    ]
+    (call,) = rows(db, "SELECT prompt FROM llm_calls WHERE agent = 'agent' AND turn_idx = 1")
+    assert system in call["prompt"]  # the live prompt had the same header

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,9 +210,9 @@ class ComputerUse(GraphKind):
         return builder.compile(name="computer_use")
 
     # -- nodes ---------------------------------------------------------------------------
-    async def _reset(self, state: ComputerUseState, runtime: Runtime[Episode]) -> dict[str, Any]:
-        episode = runtime.context
-        agent = episode.agents[self.agent]
+    def brief(self, agents: Mapping[str, Agent]) -> None:
+        """The acting agent learns the task's instruction, its actions and how to answer."""
+        agent = agents[self.agent]
         assert isinstance(agent, ComputerUser)
         agent.begin(
             self.task.instruction,
@@ -221,6 +221,12 @@ class ComputerUse(GraphKind):
             observation_tokens=self.opts.observation_tokens,
             grammar=self.grammar,
         )
+
+    async def _reset(self, state: ComputerUseState, runtime: Runtime[Episode]) -> dict[str, Any]:
+        episode = runtime.context
+        self.brief(episode.agents)
+        agent = episode.agents[self.agent]
+        assert isinstance(agent, ComputerUser)
         if ENVIRONMENT not in episode.agents:
             episode.agents[ENVIRONMENT] = _Voice(ENVIRONMENT, _Nobody(), label="Environment")
         folder = await episode.hold(_episode_folder())
