@@ -38,6 +38,7 @@ LAUNCH_ARGS = (
     "--no-pings",
     "--no-first-run",
 )
+_BLOCKED = "<!doctype html><title>Blocked</title><h1>Blocked: this address cannot be reached</h1>"
 _WALK = (Path(__file__).with_name("_walk.js")).read_text(encoding="utf-8")
 
 
@@ -162,7 +163,15 @@ async def open_context(
                 await route.continue_()
             else:
                 blocked.append(url)
-                await route.abort("blockedbyclient")
+                if (
+                    route.request.is_navigation_request()
+                    and route.request.frame.parent_frame is None
+                ):
+                    # a page of its own instead of chromium's error page, which would replace
+                    # the page later, racing whatever the agent does next
+                    await route.fulfill(status=403, content_type="text/html", body=_BLOCKED)
+                else:
+                    await route.abort("blockedbyclient")
 
         await context.route("**/*", only_origin)
         context.set_default_timeout(timeout_s * 1000)

@@ -199,17 +199,27 @@ class WebEnvironment(Environment):
         except PlaywrightError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             note = first.removeprefix("Page.").removeprefix("Locator.")
-        # a refused navigation leaves chromium's error page (or a page on its way to it)
-        failed = note is not None and "net::" in note
-        if self._ours(self.page.url) and not failed:
+        if self._ours(self.page.url) and not (note and "net::" in note):
             self._last_good = self.page.url
         elif self._last_good:
-            with contextlib.suppress(PlaywrightError):
-                await self.page.wait_for_load_state("load", timeout=1000)
-            with contextlib.suppress(PlaywrightError):
-                await self.page.goto(self._last_good)
+            await self._return()
             note = f"{note + '; ' if note else ''}only {self.origin} can be reached"
         return note
+
+    async def _return(self) -> None:
+        """Back to the last page of the apps; chromium's error page for an address it could
+        not reach replaces the page a moment after the failure, so wait for it first."""
+        from playwright.async_api import Error as PlaywrightError
+
+        assert self.page is not None
+        deadline = time.monotonic() + 1.0
+        while self._ours(self.page.url) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for _ in range(3):
+            with contextlib.suppress(PlaywrightError):
+                await self.page.goto(self._last_good)
+                if self._ours(self.page.url):
+                    return
 
     def _ref(self, key: str) -> str:
         ref = self._refs.get(key)
