@@ -7,12 +7,13 @@ choice). `open_context` makes a fresh, isolated context (cookies, storage) for o
 that can reach only its app: chromium is launched with every hostname unresolvable and a proxy
 that does not exist, each context's proxy bypass names the app's origin alone, and a route on
 the context aborts every request for any other address — three locks, each enough alone.
-`accessibility_tree` reads the page as role/name lines, every control with a stable key.
+`read_page` reads the page as role/name lines, every control with a stable key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import weakref
 from collections.abc import AsyncIterator
@@ -157,23 +158,20 @@ async def open_context(
     )
     try:
 
-        async def only_origin(route: Route) -> None:
-            url = route.request.url
-            if url == origin or url.startswith(f"{origin}/"):
-                await route.continue_()
+        async def refuse(route: Route) -> None:
+            blocked.append(route.request.url)
+            request = route.request
+            if request.is_navigation_request() and request.frame.parent_frame is None:
+                # a page of its own instead of chromium's error page, which would replace
+                # the page later, racing whatever the agent does next
+                await route.fulfill(status=403, content_type="text/html", body=_BLOCKED)
             else:
-                blocked.append(url)
-                if (
-                    route.request.is_navigation_request()
-                    and route.request.frame.parent_frame is None
-                ):
-                    # a page of its own instead of chromium's error page, which would replace
-                    # the page later, racing whatever the agent does next
-                    await route.fulfill(status=403, content_type="text/html", body=_BLOCKED)
-                else:
-                    await route.abort("blockedbyclient")
+                await route.abort("blockedbyclient")
 
-        await context.route("**/*", only_origin)
+        # every address but the origin's; matched by Playwright's driver, so the app's own
+        # requests never make the round trip to Python
+        others = re.compile(rf"^(?!{re.escape(origin)}(?:[/?#]|$))")
+        await context.route(others, refuse)
         context.set_default_timeout(timeout_s * 1000)
         context.set_default_navigation_timeout(timeout_s * 1000)
         page = await context.new_page()
@@ -183,8 +181,11 @@ async def open_context(
     return context, page
 
 
-async def accessibility_tree(page: Page) -> list[dict[str, Any]]:
-    """The page as a list of lines (`depth`, `text`; controls also `key`, `value`, ...); each
-    control is marked `data-pk=KEY` in the page so `[data-pk="KEY"]` finds it again."""
-    items: list[dict[str, Any]] = await page.evaluate(_WALK)
-    return items
+async def read_page(page: Page) -> tuple[str, list[dict[str, Any]]]:
+    """The page's title and accessibility tree, in one round trip: a list of lines (`depth`,
+    `text`; controls also `key`, `value`, ...). Each control is marked `data-pk=KEY` in the
+    page, so `[data-pk="KEY"]` finds it again."""
+    got: dict[str, Any] = await page.evaluate(
+        f"() => ({{title: document.title, items: ({_WALK})()}})"
+    )
+    return str(got["title"]), list(got["items"])

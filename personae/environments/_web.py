@@ -34,10 +34,10 @@ from personae.environments._base import (
 )
 from personae.environments._browser import (
     BrowserLease,
-    accessibility_tree,
     find_chromium,
     lease_browser,
     open_context,
+    read_page,
 )
 from personae.environments._checks import Row
 from personae.environments._rundir import remove_tree
@@ -231,8 +231,7 @@ class WebEnvironment(Environment):
     async def _observe(self, note: str | None = None) -> Observation:
         assert self.page is not None
         try:
-            items = await accessibility_tree(self.page)
-            title = await self.page.title()
+            title, items = await read_page(self.page)
         except Exception as exc:  # a page gone mid-navigation: say so
             items, title = [], ""
             note = note or f"the page could not be read: {str(exc).splitlines()[0]}"

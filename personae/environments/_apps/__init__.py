@@ -3,7 +3,8 @@
 `AppServer` serves all four from one SQLite file on a random free port of 127.0.0.1, in a
 thread of this process (a stdlib `ThreadingHTTPServer`): plain server-rendered HTML, forms
 posted and answered with a redirect, no JavaScript. `stop` closes the socket and ends the
-thread. Which user is logged in is fixed per episode (there is no login page).
+threads (no request is answered once it returns). Which user is logged in is fixed per
+episode (there is no login page).
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def handle(method: str, path: str, form: dict[str, str], db: Path, user: str) ->
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
+    # HTTP/1.0: one request per connection, so no handler thread outlives its answer and
+    # `stop` can wait for every one of them; the socket timeout bounds a client that stalls
+    timeout = 10.0
 
     def _answer(self, method: str, form: dict[str, str]) -> None:
         path = urlsplit(self.path).path
@@ -81,7 +84,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+    daemon_threads = False
+    block_on_close = True
     db: Path
     user: str
 
@@ -123,7 +127,7 @@ class AppServer:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def stop(self) -> None:
-        """Stop serving and close the socket (blocks up to a poll interval; idempotent)."""
+        """Stop serving, wait for the requests being answered, close the socket (idempotent)."""
         server, self._server = self._server, None
         if server is None:
             return

@@ -185,8 +185,9 @@ def seed(db: Path, app: AppSetup, workspace: Path) -> None:
 
 
 def connect(db: Path) -> sqlite3.Connection:
-    """A connection to `db` (rows as `sqlite3.Row`, foreign keys on)."""
-    con = sqlite3.connect(db, timeout=5.0, check_same_thread=False)
+    """A connection to the existing database `db` (never creates one; rows as `sqlite3.Row`,
+    foreign keys on)."""
+    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True, timeout=5.0)
     con.row_factory = sqlite3.Row
     con.execute("PRAGMA foreign_keys = ON")
     return con
