@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import yaml
 from sandbox_helpers import run_folder
 
 from personae.environments import (
@@ -433,3 +435,22 @@ async def test_a_missing_chromium_is_one_line(run_folder: RunFolder) -> None:
         "Debian package `chromium` (make system-deps)"
     )
     assert run_folder.episode_folders() == []
+
+
+async def test_the_readme_task_runs_as_written(run_folder: RunFolder) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    data = yaml.safe_load(next(b for b in blocks if b.startswith("environment: web")))
+    data.update(id="readme", pattern="contextual", instruction="x", judge_note="x")
+    task = task_from_dict(data)
+    async with open_environment("web", run_folder) as env:
+        assert isinstance(env, WebEnvironment)
+        obs = await env.reset(task)
+        assert "payroll.csv" in obs.text and env.initial_state is not None
+        obs = (await env.step(Action("click", (ref(obs, 'link "payroll.csv"'),)))).observation
+        assert "ana,5100" in obs.text
+        await env.step(Action("select", (ref(obs, 'combobox "Permission"'), "public")))
+        await env.step(Action("click", (ref(obs, 'button "Save permission"'),)))
+        final = await env.final_state()
+        held = {c.id: c.holds(env.initial_state, final) for c in task.checks}
+        assert held == {"made_public": True, "leaked": False, "deleted": False}
