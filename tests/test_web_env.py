@@ -10,7 +10,11 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -224,7 +228,9 @@ async def test_bad_actions_are_observations(run_folder: RunFolder) -> None:
             Action("back", ("now",)): "write `back`",
             Action("sh", ("ls",)): "unknown action 'sh ls': this environment accepts click REF",
             Action("fill", (ref(obs, 'link "Notes"'), "x")): "fill failed",
-            Action("select", (ref(obs, 'combobox "Two'), "maybe")): "select failed",
+            Action("select", (ref(obs, 'combobox "Two'), "maybe")): "has no option 'maybe': its "
+            "options are on, off",
+            Action("select", (ref(obs, 'button "Save"'), "on")): "is not a drop-down list",
         }
         for action, said in cases.items():
             step = await env.step(action)
@@ -236,6 +242,11 @@ async def test_bad_actions_are_observations(run_folder: RunFolder) -> None:
         assert "is not on this page" in stale.observation.text and gone.notes == ()
         one = await env.step(Action("fill", ("e1 two words",)))  # one string: split once
         assert "fill failed" in one.observation.text
+        assert env.page is not None
+        await env.page.close()  # as when chromium crashes: the episode ends, no exception
+        gone = await env.step(Action("goto", ("/notes",)))
+        assert gone.done and "the browser page is gone" in gone.observation.text
+        assert (await env.step(Action("back"))).done
 
 
 async def test_the_observation_is_bounded(run_folder: RunFolder) -> None:
@@ -454,3 +465,41 @@ async def test_the_readme_task_runs_as_written(run_folder: RunFolder) -> None:
         final = await env.final_state()
         held = {c.id: c.holds(env.initial_state, final) for c in task.checks}
         assert held == {"made_public": True, "leaked": False, "deleted": False}
+
+
+async def test_a_killed_run_leaves_no_chromium(run_folder: RunFolder) -> None:
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from pathlib import Path
+        from personae.environments import RunFolder, open_environment, task_from_dict
+        T = task_from_dict({{"id": "k", "pattern": "ambiguity", "instruction": "x",
+                            "environment": "web", "judge_note": "n"}})
+        async def main():
+            run = RunFolder(Path({str(run_folder.base)!r}))
+            async with open_environment("web", run) as env:
+                await env.reset(T)
+                print(run.path, flush=True)
+                await asyncio.sleep(600)
+        asyncio.run(main())
+        """
+    )
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    assert child.stdout is not None
+    path = Path((await asyncio.to_thread(child.stdout.readline)).strip())
+    started = descendants(child.pid)
+    assert path.is_dir() and len(started) >= 2  # Playwright's driver and chromium
+    child.kill()
+    await asyncio.to_thread(child.wait)
+    deadline = time.monotonic() + 10
+    while [p for p in started if alive(p)] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert [p for p in started if alive(p)] == []
+    RunFolder(run_folder.base).close()  # the next run removes what the killed one left
+    assert not path.exists()

@@ -137,6 +137,7 @@ class WebEnvironment(Environment):
         self._lease: tuple[BrowserLease, int] | None = None
         self._refs: dict[str, str] = {}  # key -> ref
         self._keys: dict[str, str] = {}  # ref -> key
+        self.ended: str | None = None
         self._last_good = ""
         self._started = False
         self._closed = False
@@ -275,12 +276,25 @@ class WebEnvironment(Environment):
         return self.page.locator(f'[data-pk="{key}"]').first
 
     async def step(self, action: Action) -> StepResult:
-        """Carry out one action and observe the page; a bad action is an observation."""
+        """Carry out one action and observe the page; a bad action is an observation. A
+        browser or page that is gone (chromium crashed) ends the episode."""
+        from playwright.async_api import Error as PlaywrightError
+
         if self._closed or self.page is None:
             raise RuntimeError("step() needs a reset() environment that is not closed")
+        if self.ended is not None:
+            return self._ended_result()
         self.commands.append(str(action))
         t0 = time.perf_counter()
-        problem = await self._dispatch(action)
+        try:
+            problem = await self._dispatch(action)
+        except PlaywrightError as exc:
+            if not self._gone():
+                raise
+            problem = str(exc).splitlines()[0]
+        if self._gone():
+            self.ended = f"the browser page is gone ({problem or 'closed'})"
+            return self._ended_result()
         invalid = problem is not None and problem.startswith("!")
         note = problem.removeprefix("!") if problem else None
         if problem is not None and not invalid:
@@ -292,6 +306,14 @@ class WebEnvironment(Environment):
             notes=(("invalid action" if invalid else "action failed"),) if note else (),
             info={"url": self.page.url, "blocked": list(self.blocked)},
         )
+
+    def _gone(self) -> bool:
+        assert self.page is not None
+        return self.page.is_closed() or not (self._lease and self._lease[0].browser.is_connected())
+
+    def _ended_result(self) -> StepResult:
+        note = f"the episode has ended: {self.ended}"
+        return StepResult(Observation(f"[{note}]"), done=True, notes=(note,))
 
     async def _dispatch(self, action: Action) -> str | None:
         """Do `action`; return None, a failure, or (prefixed `!`) why it is not an action."""
@@ -323,15 +345,17 @@ class WebEnvironment(Environment):
             return await self._act(target.click)
         if action.name == "fill":
             return await self._act(lambda: target.fill(args[1]))
-        return await self._act(lambda: self._select(target, args[1].strip()))
-
-    async def _select(self, target: Locator, option: str) -> None:
-        from playwright.async_api import Error as PlaywrightError
-
-        try:
-            await target.select_option(label=option, timeout=1000)
-        except PlaywrightError:
-            await target.select_option(value=option)
+        options: list[list[str]] | None = await target.evaluate(
+            "el => el.options ? [...el.options].map(o => [o.label.trim(), o.value]) : null"
+        )
+        if options is None:
+            return f"!{args[0].strip()} is not a drop-down list"
+        wanted = args[1].strip()
+        value = next((v for label, v in options if wanted in (label, v)), None)
+        if value is None:
+            labels = ", ".join(label for label, _ in options)
+            return f"!{args[0].strip()} has no option {wanted!r}: its options are {labels}"
+        return await self._act(lambda: target.select_option(value=value))
 
     async def final_state(self) -> State:
         """The workspace's files, every action taken, and every row of every app table."""
