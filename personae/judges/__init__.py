@@ -13,6 +13,7 @@ from personae.judges._annotators import (
     AnnotatorPersona,
     ProfanityCheck,
 )
+from personae.judges._formulator import FORMULATION, FormulatorAgent, FormulatorPersona
 from personae.judges._judge import (
     JUDGES,
     JudgeAgent,
@@ -25,10 +26,13 @@ from personae.judges._rubric import Dimension, Rubric
 
 __all__ = [
     "BASELINE_RUBRIC",
+    "FORMULATION",
     "JUDGES",
     "Annotator",
     "AnnotatorPersona",
     "Dimension",
+    "FormulatorAgent",
+    "FormulatorPersona",
     "JudgeAgent",
     "JudgePersona",
     "Judgment",
