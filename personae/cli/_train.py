@@ -294,7 +294,7 @@ def show_scores(scored: Any) -> None:
     """A CCD beside the reference, field by field, with each field's score."""
     table = Table(title=f"CCD by {scored.source}, episode {scored.episode_id}",
                   title_justify="left")  # fmt: skip
-    for column in ("field", "yours", "reference", "score"):
+    for column in ("field", "submitted", "reference", "score"):
         table.add_column(column, overflow="fold")
     for item in scored.fields:
         score = "-" if item.score is None else f"{item.score:.2f}"
