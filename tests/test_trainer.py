@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from personae import RunLog
 from personae.cli import app
 from personae.errors import UserError
-from personae.runner import Pause, run
+from personae.runner import End, Pause, run
 
 PERSONAE = Path(sys.executable).parent / "personae"
 TRAINER = SCENARIOS / "counseling_trainer.yaml"
@@ -265,3 +265,24 @@ def test_a_session_on_the_embedded_model(tmp_path: Path) -> None:
     scores = _scores(db)
     assert {k: scores[k] for k in EXPECTED} == pytest.approx(EXPECTED)
     assert scores["situation"] is not None  # the model's rating parsed under the grammar
+
+
+def test_a_person_takes_turns_in_a_group_graph_too(tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    def answer(payload: dict[str, Any]) -> str | End:
+        asked.append(int(payload["turn"]))
+        return End() if len(asked) > 2 else f"Dev here, at turn {payload['turn']}."
+
+    db = tmp_path / "group.db"
+    settings = ["backend=scripted", "agents.dev.backend=human", "episodes=1"]
+    result = run(
+        SCENARIOS / "neighbourhood_meeting.yaml", db=db, on_interrupt=answer, settings=settings
+    )
+    assert result.complete == 1
+    rows = _rows(db, "SELECT idx, text, hidden_json, decision_json FROM turns WHERE agent = 'dev'")
+    assert [r[0] for r in rows] == asked[:2]
+    for idx, text, hidden, decision in rows:
+        assert text == f"Dev here, at turn {idx}." and json.loads(hidden)["human"] is True
+        assert json.loads(decision)["speaker"] == "dev"  # the turn policy chose the person
+    assert _rows(db, "SELECT end_reason FROM episodes") == [("ended",)]
