@@ -203,6 +203,9 @@ def train(
                 notify=lambda line: err.print(line, markup=False),
             )
         )
+        if resume is not None and not result.episodes:
+            out.print(f"no paused session in {resume}: nothing to continue", markup=False)
+            return
         if result.paused:
             out.print(
                 f"session paused; continue it with: personae train --resume {result.db_path}",
