@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from personae._yaml import load_yaml
 from personae.agents._ccd_lists import (
@@ -59,6 +59,12 @@ class CognitiveModel(Strict):
     situation: str = _text(300)
     automatic_thoughts: str = _text(300)
     behavior: str = _text(300)
+
+    @field_validator("core_belief_categories", "core_beliefs", "emotions", mode="after")
+    @classmethod
+    def _once(cls, values: list[str]) -> list[str]:
+        """Each label once, in first-given order (a model may repeat one)."""
+        return list(dict.fromkeys(values))
 
     def value(self, name: str) -> list[str] | str:
         """Field `name` (a list for a closed list, else its text)."""
