@@ -132,6 +132,10 @@ def test_pause_then_resume_continues_at_the_right_turn(tmp_path: Path) -> None:
     for earlier in ("Hello Hannah.", "Tell me about the baby.", "What happened on Wednesday?"):
         assert earlier in next_call["prompt"]
     assert _scores(db)["emotions"] == pytest.approx(0.25)
+    # the re-run answers the person's turns from the log: the paused-and-resumed session replays
+    verified = runner.invoke(app, ["replay", str(db), "--verify"])
+    assert verified.exit_code == 0, verified.output
+    assert "identical" in verified.output
 
 
 def test_the_ccd_form_reads_numbered_choices_from_the_input(tmp_path: Path) -> None:

@@ -379,7 +379,10 @@ class Episode:
         self.turns_taken += 1
         self.passes_in_a_row = 0
         self._lines += 1
-        hidden = {"human": True, "seconds": seconds, "elapsed_s": round(self.elapsed_s(), 1)}
+        elapsed = answer.get("elapsed_s") if isinstance(answer, dict) else None
+        if elapsed is None:
+            elapsed = round(self.elapsed_s(), 1)
+        hidden = {"human": True, "seconds": seconds, "elapsed_s": elapsed}
         self.log_turn(turn, utterance, hidden, None, decision)
         if self.observers:
             await self._after_line(turn, utterance)

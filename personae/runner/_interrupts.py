@@ -84,7 +84,9 @@ async def drive(
                 if isinstance(answer, End):
                     await services.checkpointer.adelete_thread(episode.episode_id)
                     return state, "ended"
-                answers[asked.id] = {"text": answer, "seconds": round(time.monotonic() - begun, 1)}
+                if not isinstance(answer, dict):  # a line: timed here
+                    answer = {"text": answer, "seconds": round(time.monotonic() - begun, 1)}
+                answers[asked.id] = answer
             step = Command(resume=answers)
         # durability "exit": one checkpoint when the graph stops (an interrupt, or its end)
         state = await graph.ainvoke(step, config=config, context=episode, durability="exit")

@@ -45,8 +45,8 @@ class End:
 
 
 #: The answer to an interrupt payload: the line typed, `Pause()` or `End()` (or an awaitable
-#: of one).
-Answer = str | Pause | End
+#: of one); or a mapping `{"text", "seconds", "elapsed_s"}` giving the timings too (a replay).
+Answer = str | dict[str, Any] | Pause | End
 OnInterrupt = Callable[[dict[str, Any]], Answer | Awaitable[Answer]]
 
 
