@@ -115,6 +115,7 @@ def test_pause_then_resume_continues_at_the_right_turn(tmp_path: Path) -> None:
         ("paused", "paused", 4)
     ]
     assert _rows(db, "SELECT status FROM runs") == [("paused",)]
+    (started,) = _rows(db, "SELECT started_at FROM episodes")
 
     ccd = _ccd_file(tmp_path, PLANTED)
     second = _train_piped(["--resume", str(db), "--ccd", str(ccd)],
@@ -126,6 +127,7 @@ def test_pause_then_resume_continues_at_the_right_turn(tmp_path: Path) -> None:
         turns = log.turns(episode["episode_id"])
         calls = log.calls(episode["episode_id"])
     assert episode["status"] == "complete" and episode["n_turns"] == 6
+    assert (episode["started_at"],) == started  # taken up, not started again
     assert [t.idx for t in turns] == list(range(6))
     assert turns[4].agent == "counselor" and turns[4].text == "What happened on Wednesday?"
     (next_call,) = [c for c in calls if c["turn_idx"] == 5 and c["purpose"] == "turn"]

@@ -16,7 +16,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -301,7 +301,7 @@ async def execute(
         async with TurnLogWriter(db_path) as writer, AsyncExitStack() as stack:
             for stale_id in stale:
                 writer.upsert("runs", {"run_id": stale_id, "status": "interrupted"})
-            _log_run_start(writer, run_id, study, backends, todo, extra_rows, shard)
+            _log_run_start(writer, run_id, study, backends, todo, extra_rows, shard, paused)
             await writer.flush()  # the run row is committed before the first episode starts
             responses = None
             if cache:
@@ -438,7 +438,10 @@ def _log_run_start(
     todo: Sequence[EpisodePlan],
     extra_rows: Callable[[EpisodePlan], dict[str, Any]] | None,
     shard: Shard | None = None,
+    taken_up: Collection[str] = (),
 ) -> None:
+    """The run row and a `pending` row per episode to run (a paused one taken up keeps when
+    it started)."""
     writer.insert(
         "runs",
         {
@@ -456,23 +459,23 @@ def _log_run_start(
         },
     )
     for plan in todo:
-        writer.upsert(
-            "episodes",
-            {
-                "episode_id": plan.episode_id,
-                "run_id": run_id,
-                "idx": plan.index,
-                "scenario": study.name,
-                **study.episode_row(plan),
-                "seed": plan.seed,
-                "stage": plan.stage,
-                "status": "pending",
-                "end_reason": None,
-                "error": None,
-                "n_turns": None,
-                "started_at": None,
-                "finished_at": None,
-                "outcome_json": None,
-                **(extra_rows(plan) if extra_rows is not None else {}),
-            },
-        )
+        row = {
+            "episode_id": plan.episode_id,
+            "run_id": run_id,
+            "idx": plan.index,
+            "scenario": study.name,
+            **study.episode_row(plan),
+            "seed": plan.seed,
+            "stage": plan.stage,
+            "status": "pending",
+            "end_reason": None,
+            "error": None,
+            "n_turns": None,
+            "started_at": None,
+            "finished_at": None,
+            "outcome_json": None,
+            **(extra_rows(plan) if extra_rows is not None else {}),
+        }
+        if plan.episode_id in taken_up:
+            del row["started_at"]
+        writer.upsert("episodes", row)
