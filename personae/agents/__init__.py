@@ -15,6 +15,7 @@ from personae.agents._base import (
     default_label,
     visible_history,
 )
+from personae.agents._ccd import CognitiveModel, jaccard, load_ccd, parse_ccd, reference_model
 from personae.agents._computer import ComputerUser, ComputerUserPersona
 from personae.agents._counseling import Client, Counselor
 from personae.agents._discussion import (
@@ -52,6 +53,7 @@ __all__ = [
     "Answer",
     "Client",
     "ClientProfile",
+    "CognitiveModel",
     "ComputerUser",
     "ComputerUserPersona",
     "ConversationStyle",
@@ -75,8 +77,12 @@ __all__ = [
     "Utterance",
     "default_label",
     "get_role",
+    "jaccard",
     "letters",
+    "load_ccd",
+    "parse_ccd",
     "read_answer",
+    "reference_model",
     "register_role",
     "role_names",
     "visible_history",

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from personae.agents._ccd_lists import CoreBeliefItem, EmotionCategory
+
 
 class Strict(BaseModel):
     """Base for spec models: unknown keys are errors."""
@@ -88,6 +90,10 @@ class ClientProfile(Strict):
     emotions: list[str]
     behavior: str
     style: ConversationStyle = ConversationStyle.plain
+    #: The core beliefs as items of the CCD's closed lists (what a CCD is scored against).
+    core_belief_items: list[CoreBeliefItem] = Field(default_factory=list)
+    #: The emotions as the CCD's nine categories (what a CCD is scored against).
+    emotion_categories: list[EmotionCategory] = Field(default_factory=list)
 
 
 class CounselorPersona(Strict):

@@ -17,6 +17,7 @@ from personae.backends._base import (
     TokenLogprob,
 )
 from personae.backends._embedded import EmbeddedBackend
+from personae.backends._human import HumanBackend
 from personae.backends._registry import backend_kinds, create_backend, parse_spec, register_backend
 from personae.backends._scripted import ScriptedBackend
 from personae.backends._structured import json_schema_grammar
@@ -29,6 +30,7 @@ __all__ = [
     "EmbeddedBackend",
     "GenerationRequest",
     "GenerationResult",
+    "HumanBackend",
     "Message",
     "RenderMode",
     "ScriptedBackend",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from personae.backends._grammar import Grammar
 
@@ -161,6 +161,8 @@ class Backend(abc.ABC):
     render_mode: RenderMode = "chat"
     #: How many requests the engine serves well at once (a hint for run concurrency).
     parallelism: int = 8
+    #: A person types the lines (`human`): turns become LangGraph interrupts, not calls.
+    interactive: ClassVar[bool] = False
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load the model or open connections. Raises `UserError` on bad configuration."""

@@ -237,6 +237,14 @@ def _scripted(target: str | None, options: dict[str, Any]) -> Backend:
     return ScriptedBackend(**options)
 
 
+@register_backend("human", options=_lazy("personae.backends._human", "HumanBackend"))
+def _human(target: str | None, options: dict[str, Any]) -> Backend:
+    """A person types the agent's lines (personae train); no model."""
+    from personae.backends._human import HumanBackend
+
+    return HumanBackend(**options)
+
+
 @register_backend("embedded", options=_lazy("personae.backends._embedded", "EmbeddedBackend"))
 def _embedded(target: str | None, options: dict[str, Any]) -> Backend:
     """llama.cpp in this process (xllamacpp); default model: the packaged Gemma 3 270M."""

@@ -1,5 +1,5 @@
 """The `personae` command line (`run | show | scenarios | replay | judge | export | browse |
-experiment | analyze | merge`)."""
+experiment | analyze | merge | train | ccd`)."""
 
 from personae.cli import (  # noqa: F401 - registers the commands
     _analyze,
@@ -9,6 +9,7 @@ from personae.cli import (  # noqa: F401 - registers the commands
     _judge,
     _replay,
     _scale,
+    _train,
 )
 from personae.cli._app import app, main
 

@@ -16,6 +16,9 @@ turns, model calls, judgments — is written here, through the run's one writer:
 - `finish` waits for the observers' verdicts and runs the end-of-episode observers.
 - `hold` keeps a resource (an environment) open for the rest of the episode; `release`, which
   the runner calls after every episode however it ended, closes what was held.
+- An agent on an `interactive` backend (`human`) is played by a person: its turn is a LangGraph
+  interrupt (`prompt_for` is the payload), resumed with the typed line; `restore` takes up a
+  paused episode from its logged turns.
 
 Model calls have one retry layer (here) and one deadline covering every attempt. Each call has a
 stable id (`{episode}-{turn:04d}` plus a suffix for retries, judges, selectors, candidates
@@ -33,6 +36,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
+
+from langgraph.types import interrupt
 
 from personae._progress import CallWatch
 from personae.agents import Agent, Utterance
@@ -174,6 +179,9 @@ class Episode:
     #: Per-episode objects a graph keeps out of graph state (an environment session), by key.
     scratch: dict[str, Any] = field(default_factory=dict)
     _held: AsyncExitStack = field(default_factory=AsyncExitStack)
+    #: Seconds the episode had run before this process took it up (a resumed pause).
+    clock_offset_s: float = 0.0
+    _clock: float = field(default_factory=time.monotonic)
     _lines: int = 0  # spoken lines so far (an agent's fixed opening is for the first one)
     _pending: list[asyncio.Task[Judgment]] = field(default_factory=list)
     #: Constrained-choice answers off their list, by turn, until that turn's row is logged.
@@ -325,6 +333,12 @@ class Episode:
         if self.writer is not None:
             await self.writer.room()  # the writer's queue is bounded: wait while it is full
         agent = self.agents[name]
+        if (
+            self.backends[name].interactive
+            and name not in self.seats
+            and self.next_turn >= len(self.prefix)
+        ):
+            return await self._human_turn(name, decision)
         turn = self.reserve()
         if turn < len(self.prefix):
             return await self._kept(turn, name, decision, taken=True)
@@ -346,6 +360,76 @@ class Episode:
         if self.observers and kind == "line":
             await self._after_line(turn, utterance)
         return utterance
+
+    # -- people in the loop ----------------------------------------------------------------
+    def elapsed_s(self) -> float:
+        """Seconds the episode has run (across pauses, not counting them)."""
+        return self.clock_offset_s + time.monotonic() - self._clock
+
+    def prompt_for(self, name: str) -> dict[str, Any]:
+        """The interrupt payload of `name`'s turn: who speaks, the lines it has not answered
+        yet (those it may see since its own last line), the turn number and elapsed time."""
+        agent = self.agents[name]
+        unanswered: list[Utterance] = []
+        for utterance in reversed(agent.view(self.history)):
+            if utterance.agent == name and utterance.kind == "line":
+                break
+            unanswered.append(utterance)
+        return {
+            "episode_id": self.episode_id,
+            "agent": name,
+            "label": agent.label,
+            "turn": self.next_turn,
+            "lines": [
+                {"agent": u.agent, "label": u.label, "text": u.text} for u in reversed(unanswered)
+            ],
+            "elapsed_s": round(self.elapsed_s(), 1),
+        }
+
+    async def _human_turn(self, name: str, decision: dict[str, Any] | None) -> Utterance:
+        """`name`'s line typed by a person: a LangGraph interrupt (the graph stops here; the
+        runner resumes it with `{"text": ..., "seconds": ...}`), then logged as a turn with no
+        model call and `{"human": true, "seconds": ...}` as hidden state. Nothing is reserved
+        or logged before the interrupt, as LangGraph runs the node again on resume."""
+        answer = interrupt(self.prompt_for(name))
+        if isinstance(answer, dict):
+            text, seconds = str(answer.get("text", "")), answer.get("seconds")
+        else:
+            text, seconds = str(answer), None
+        turn = self.reserve()
+        utterance = self.utterance(name, text.strip() or EMPTY_UTTERANCE)
+        self.history.append(utterance)
+        self.turns_taken += 1
+        self.passes_in_a_row = 0
+        self._lines += 1
+        elapsed = answer.get("elapsed_s") if isinstance(answer, dict) else None
+        if elapsed is None:
+            elapsed = round(self.elapsed_s(), 1)
+        hidden = {"human": True, "seconds": seconds, "elapsed_s": elapsed}
+        self.log_turn(turn, utterance, hidden, None, decision)
+        if self.observers:
+            await self._after_line(turn, utterance)
+        return utterance
+
+    def restore(self, turns: Sequence[Turn]) -> None:
+        """Take up a paused episode: its conversation, turn counters and clock rebuilt from
+        its logged `turns` (in order), so the graph resumed from its checkpoint goes on where
+        it stopped and every prompt holds the earlier lines."""
+        for t in turns:
+            kind: LineKind = t.kind  # type: ignore[assignment]
+            self.history.append(
+                Utterance(t.agent, self.agents[t.agent].label, t.text, t.audience, kind)
+            )
+            self._lines += kind == "line"
+            spoken = kind == "line" and (
+                t.call_id is not None
+                or any(t.hidden.get(k) for k in ("human", "scripted_opening", "candidates"))
+            )
+            if kind == "pass" or spoken:
+                self.turns_taken += 1
+                self.passes_in_a_row = self.passes_in_a_row + 1 if kind == "pass" else 0
+            self.next_turn = max(self.next_turn, t.idx + 1)
+            self.clock_offset_s = max(self.clock_offset_s, float(t.hidden.get("elapsed_s") or 0))
 
     async def _kept(
         self, turn: int, name: str, decision: dict[str, Any] | None, *, taken: bool
@@ -524,13 +608,17 @@ class Episode:
             else:
                 self._pending.append(asyncio.ensure_future(self.judge(observer, turn, prefix)))
 
-    async def finish(self) -> None:
-        """Wait for pending verdicts, then run the end-of-episode observers."""
+    async def settle(self) -> None:
+        """Wait for the verdicts still pending (before a pause, or at the end)."""
         try:
             if self._pending:
                 await asyncio.gather(*self._pending)
         finally:
             self._pending.clear()
+
+    async def finish(self) -> None:
+        """Wait for pending verdicts, then run the end-of-episode observers."""
+        await self.settle()
         prefix = list(self.history)
         for observer in self.observers:
             if observer.when == "end":

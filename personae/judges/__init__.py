@@ -15,6 +15,7 @@ from personae.judges._annotators import (
     ProfanityCheck,
 )
 from personae.judges._bgd import BgdJudge, BgdPersona, BgdVerdict, Trajectory, TrajectoryStep
+from personae.judges._formulator import FORMULATION, FormulatorAgent, FormulatorPersona
 from personae.judges._judge import (
     JUDGES,
     JudgeAgent,
@@ -27,6 +28,7 @@ from personae.judges._rubric import Dimension, Rubric
 
 __all__ = [
     "BASELINE_RUBRIC",
+    "FORMULATION",
     "JUDGES",
     "Annotator",
     "AnnotatorPersona",
@@ -34,6 +36,8 @@ __all__ = [
     "BgdPersona",
     "BgdVerdict",
     "Dimension",
+    "FormulatorAgent",
+    "FormulatorPersona",
     "JudgeAgent",
     "JudgePersona",
     "Judgment",

@@ -10,6 +10,8 @@ shows per turn.
 """
 
 from personae.replay._backend import ForkBackend, ReplayBackend, ReplayMissError, call_id_for
+from personae.replay._ccd import CCDScores, FieldScore, score_ccd
+from personae.replay._ccd import ascore_database as ascore_ccd
 from personae.replay._fork import ForkResult, ForkStudy, afork_episode, fork_episode, fork_id
 from personae.replay._judge import (
     JudgeResult,
@@ -40,7 +42,9 @@ from personae.replay._verify import (
 
 __all__ = [
     "HIDDEN_TABLES",
+    "CCDScores",
     "EpisodeSetup",
+    "FieldScore",
     "ForkBackend",
     "ForkResult",
     "ForkStudy",
@@ -53,6 +57,7 @@ __all__ = [
     "VerifyResult",
     "afork_episode",
     "ajudge_database",
+    "ascore_ccd",
     "averify_episode",
     "averify_run",
     "call_id_for",
@@ -67,6 +72,7 @@ __all__ = [
     "prepare_stages",
     "rendered_prompt",
     "scenario_of_run",
+    "score_ccd",
     "utterances",
     "verify_episode",
     "verify_run",

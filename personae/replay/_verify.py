@@ -21,15 +21,18 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from langgraph.checkpoint.memory import InMemorySaver
+
 from personae.agents import Utterance
-from personae.backends import Backend
+from personae.backends import Backend, HumanBackend, parse_spec
 from personae.replay._backend import ReplayBackend, ReplayMissError
 from personae.replay._setup import load_setup, prepare_stages
-from personae.runner import Services
+from personae.runner import End, Services
+from personae.runner._interrupts import drive
 from personae.store import RunLog, TurnLogWriter
 
 
@@ -272,13 +275,30 @@ async def averify_episode(
     fallback = next(iter(modes.values()), "transcript")  # an agent that made no call
     by_mode: dict[str, ReplayBackend] = {}
     backends: dict[str, Backend] = {}
-    for name in setup.study.backend_specs():
+    people = []
+    for name, (spec, _) in setup.study.backend_specs().items():
+        if parse_spec(spec)[0] == "human":  # a person's lines are answered from the log
+            people.append(name)
+            backends[name] = HumanBackend()
+            continue
         mode = modes.get(name, fallback)
         if mode not in by_mode:
             by_mode[mode] = ReplayBackend(db, render=mode)
         backends[name] = by_mode[mode]
     writer = _MemoryWriter()
-    job = setup.study.job(setup.plan, Services(backends, writer, None, stop_when))
+    services = Services(backends, writer, None, stop_when)
+    if people:
+        timing = ("seconds", "elapsed_s")
+        said = iter(
+            [
+                {"text": t.text, **{k: t.hidden.get(k) for k in timing}}
+                for t in logged
+                if t.hidden.get("human") and t.idx >= setup.fork_turn
+            ]
+        )
+        services = replace(services, on_interrupt=lambda _: next(said, End()),
+                           checkpointer=InMemorySaver())  # fmt: skip
+    job = setup.study.job(setup.plan, services)
     # verdicts added afterwards (`personae judge`) are not the episode's own: compare only
     # what its live judges produced
     live = {observer.judge.name for observer in job.episode.observers}
@@ -292,7 +312,10 @@ async def averify_episode(
     for backend in by_mode.values():
         await backend.start()
     try:
-        state = await job.graph.ainvoke(job.input, config=job.config, context=job.episode)
+        if people:
+            state, _ = await drive(job, services, resume=False)
+        else:
+            state = await job.graph.ainvoke(job.input, config=job.config, context=job.episode)
         await job.episode.finish()
         new_end = state.get("end_reason") or job.episode.end_reason
     except ReplayMissError as exc:

@@ -19,7 +19,9 @@ from personae.runner._engine import RunBackends, RunResult, default_db_path, exe
 from personae.runner._shards import Shard, shard_number, stored_shard
 from personae.runner._study import (
     STUDIES,
+    End,
     EpisodeJob,
+    Pause,
     Services,
     Study,
     register_study,
@@ -30,7 +32,9 @@ from personae.runner._study import (
 __all__ = [
     "STUDIES",
     "ConversationStudy",
+    "End",
     "EpisodeJob",
+    "Pause",
     "RunBackends",
     "RunResult",
     "Services",

@@ -25,7 +25,14 @@ from personae.judges import JudgeAgent
 from personae.plugins import as_stored, load_imports
 from personae.runner._engine import RunResult, execute
 from personae.runner._shards import Shard, stored_shard
-from personae.runner._study import EpisodeJob, Services, Study, register_study, study_of_run
+from personae.runner._study import (
+    EpisodeJob,
+    OnInterrupt,
+    Services,
+    Study,
+    register_study,
+    study_of_run,
+)
 from personae.scenario import (
     BACKEND_FIELD,
     AgentSpec,
@@ -407,8 +414,9 @@ async def arun(
     executor: str = "local",
     address: str | None = None,
     workers: int | None = None,
+    on_interrupt: OnInterrupt | None = None,
 ) -> RunResult:
-    """Async form of `run`."""
+    """Async form of `run` (`on_interrupt`: see `execute`)."""
     if isinstance(shard, str):
         shard = Shard.parse(shard)
     _check_executor(executor, address, workers, shard, backend)
@@ -459,7 +467,7 @@ async def arun(
         return await execute_on_ray(
             study, workers=workers, address=address, plan_limit=plan_limit, **common
         )
-    return await execute(study, backend=instance, shard=shard, **common)
+    return await execute(study, backend=instance, shard=shard, on_interrupt=on_interrupt, **common)
 
 
 def _check_executor(

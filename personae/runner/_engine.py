@@ -16,21 +16,24 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from personae._progress import RunProgress, progress_every, watch_backend
 from personae._version import __version__
 from personae.backends import Backend, create_backend
 from personae.errors import UserError
 from personae.graphs import StopPredicate
+from personae.runner._interrupts import checkpoint_path, checkpointed, drive, interactive_agents
 from personae.runner._shards import Shard
-from personae.runner._study import Services, Study
+from personae.runner._study import OnInterrupt, Services, Study
 from personae.scenario import EpisodePlan
-from personae.store import RunLock, RunLog, StoreFailure, TurnLogWriter, open_database
+from personae.store import RunLock, RunLog, StoreFailure, Turn, TurnLogWriter, open_database
 from personae.store._cache import CACHE_FILE, ResponseCache
 from personae.store._failures import describe
 from personae.store._resume import prepare_rerun
@@ -54,6 +57,7 @@ class RunResult:
     cache_hits: int
     elapsed_s: float
     status: str = "complete"
+    paused: int = 0
 
     @property
     def cached_share(self) -> float:
@@ -68,6 +72,8 @@ class RunResult:
     def line(self) -> str:
         """One-line summary."""
         failed = f" ({self.failed} failed)" if self.failed else ""
+        if self.paused:
+            failed += f", {self.paused} paused"
         if self.skipped:
             failed += f", {self.skipped} already complete"
         return (
@@ -152,29 +158,48 @@ async def _run_episode(
     services: Services,
     writer: TurnLogWriter,
     progress: RunProgress,
-) -> tuple[bool, Any]:
+    taken_up: Sequence[Turn] | None = None,
+) -> tuple[str, Any]:
+    """Run one episode and record its status: `complete`, `failed` or `paused`; with
+    `taken_up` (its logged turns), continue a paused episode from its checkpoint."""
     last_tokens = [0]
 
     def on_turn(tokens: int) -> None:
         progress.turn(tokens - last_tokens[0])
         last_tokens[0] = tokens
 
-    lent = Services(services.backends, writer, services.cache, services.stop_when, on_turn)
+    lent = replace(services, writer=writer, on_turn=on_turn)
     job = study.job(plan, lent)
     episode = job.episode
     episode.watch = progress.watch
     episode.warn = progress.warn
-    started = utc()
-    writer.upsert(
-        "episodes", {"episode_id": plan.episode_id, "status": "running", "started_at": started}
-    )
+    if taken_up is not None:
+        episode.restore(taken_up)
+    row: dict[str, Any] = {"episode_id": plan.episode_id, "status": "running"}
+    if taken_up is None:
+        row["started_at"] = utc()
+    writer.upsert("episodes", row)
+    reason: str | None
     try:
         try:
-            state = await job.graph.ainvoke(job.input, config=job.config, context=episode)
-            await episode.finish()
+            if services.checkpointer is None:  # nothing can interrupt: no checkpoints at all
+                state, ending = (
+                    await job.graph.ainvoke(job.input, config=job.config, context=episode),
+                    "done",
+                )
+            else:
+                state, ending = await drive(job, services, resume=taken_up is not None)
+            if ending == "paused":
+                await episode.settle()
+            else:
+                await episode.finish()
         finally:  # also when the run is cancelled: what the episode opened is closed
             await episode.release()
-        status, reason, error = "complete", state.get("end_reason") or episode.end_reason, None
+        if ending == "paused":
+            status, reason, error = "paused", "paused", None
+        else:
+            reason = "ended" if ending == "ended" else state.get("end_reason") or episode.end_reason
+            status, error = "complete", None
     except Exception as exc:  # an episode's failure must not stop the run
         episode.cancel()
         status, reason, error = "failed", "error", f"{type(exc).__name__}: {exc}"
@@ -188,11 +213,11 @@ async def _run_episode(
             "error": error,
             "n_turns": episode.next_turn,
             "outcome_json": json.dumps(outcome) if outcome is not None else None,
-            "finished_at": utc(),
+            "finished_at": utc() if status != "paused" else None,
         },
     )
-    progress.episode_done(status != "complete")
-    return status == "complete", outcome
+    progress.episode_done(status == "failed")
+    return status, outcome
 
 
 async def execute(
@@ -209,6 +234,7 @@ async def execute(
     trusted: bool = True,
     notify: Callable[[str], None] | None = None,
     shard: Shard | None = None,
+    on_interrupt: OnInterrupt | None = None,
 ) -> RunResult:
     """Run every episode of `study` not yet complete in `db`, and log everything.
 
@@ -227,10 +253,15 @@ async def execute(
             user has not vouched for: no credentials are sent to them.
         notify: Called with one-line notes for the user (credentials withheld).
         shard: Run only this shard of the plan.
+        on_interrupt: Answers the interrupts of agents a person plays (backend `human`):
+            given the payload, the line, `Pause()` or `End()`. A run with such agents keeps
+            LangGraph checkpoints in `RUN.db.checkpoints`; a paused episode is continued from
+            its checkpoint when the run is resumed.
 
     Raises:
-        UserError: a bad database file or backend spec, or a study in stages given a shard of
-            several; raised before any run row is written.
+        UserError: a bad database file or backend spec, a study in stages given a shard of
+            several, or agents played by a person and no `on_interrupt`; raised before any run
+            row is written.
     """
     every = progress_every() if progress else None  # a bad setting is an error before any row
     plans = study.plan()
@@ -242,9 +273,18 @@ async def execute(
     if notify is not None:
         for line in backends.notes():
             notify(line)
+    people = interactive_agents(backends.for_agent)
+    if people and on_interrupt is None:
+        raise UserError(
+            f"agent {', '.join(map(repr, people))} is played by a person (backend: human)",
+            where=study.name,
+            fix="run it with 'personae train', or give the agent a model backend",
+        )
+    checkpoints = checkpoint_path(db_path) if people else None
     run_id = uuid.uuid4().hex[:12]
     start = time.perf_counter()
     results: list[bool] = []
+    held = 0  # episodes paused by the person playing an agent
     status = "interrupted"
     run_lock = RunLock(db_path)  # one run per database: taken before anything writes to it
     run_lock.acquire()
@@ -257,15 +297,16 @@ async def execute(
         announce(db_path)
     study.on_backends(backends.for_agent)
     try:
-        done, stale = _prepare_database(db_path, plans)
+        done, stale, paused = _prepare_database(db_path, plans, checkpoints)
         todo = [p for p in plans if p.episode_id not in done]
         with RunLog(db_path) as log:
             outcomes: dict[str, Any] = log.outcomes(sorted(done)) if done else {}
+            taken_up = {episode_id: log.turns(episode_id) for episode_id in paused}
         width = concurrency or backends.parallelism
         async with TurnLogWriter(db_path) as writer, AsyncExitStack() as stack:
             for stale_id in stale:
                 writer.upsert("runs", {"run_id": stale_id, "status": "interrupted"})
-            _log_run_start(writer, run_id, study, backends, todo, extra_rows, shard)
+            _log_run_start(writer, run_id, study, backends, todo, extra_rows, shard, paused)
             await writer.flush()  # the run row is committed before the first episode starts
             responses = None
             if cache:
@@ -273,7 +314,15 @@ async def execute(
                 open_database(cache_path, create=True).conn.close()
                 cache_writer = await stack.enter_async_context(TurnLogWriter(cache_path))
                 responses = ResponseCache(cache_path, cache_writer)
-            services = Services(backends.for_agent, writer, responses, stop_when)
+            saver = None
+            if checkpoints is not None:
+                saver = await stack.enter_async_context(
+                    AsyncSqliteSaver.from_conn_string(str(checkpoints))
+                )
+            services = Services(
+                backends.for_agent, writer, responses, stop_when,
+                on_interrupt=on_interrupt, checkpointer=saver,
+            )  # fmt: skip
             gate = asyncio.Semaphore(max(1, width))
             if isinstance(progress, RunProgress):
                 progress.expect(len(todo))
@@ -285,13 +334,15 @@ async def execute(
             with shown as bar:
                 watcher = asyncio.ensure_future(watch_backend(bar, backends.spec))
 
-                async def one(plan: EpisodePlan) -> tuple[bool, Any]:
+                async def one(plan: EpisodePlan) -> tuple[str, Any]:
                     async with gate:
                         try:
                             await writer.room()  # bounded queue; raises once the store failed
                         except StoreFailure:
-                            return False, None  # nothing more can be saved: start no more
-                        return await _run_episode(study, plan, services, writer, bar)
+                            return "failed", None  # nothing more can be saved: start no more
+                        return await _run_episode(
+                            study, plan, services, writer, bar, taken_up.get(plan.episode_id)
+                        )
 
                 summary: dict[str, Any] = {}
                 try:
@@ -299,7 +350,11 @@ async def execute(
                         await study.prepare(stage, outcomes, writer, run_id)
                         batch = [p for p in todo if p.stage == stage]
                         ran = await asyncio.gather(*(one(p) for p in batch))
-                        for plan, (ok, outcome) in zip(batch, ran, strict=True):
+                        for plan, (ended, outcome) in zip(batch, ran, strict=True):
+                            if ended == "paused":
+                                held += 1
+                                continue
+                            ok = ended == "complete"
                             ok = ok and plan.episode_id not in writer.lost_episodes
                             results.append(ok)
                             if ok:
@@ -307,10 +362,10 @@ async def execute(
                     summary = await study.finish(outcomes, writer, run_id)
                     failed = results.count(False)
                     status = (
-                        "complete"
+                        ("paused" if held else "complete")
                         if not failed
                         else "failed"
-                        if failed == len(results)
+                        if failed == len(results) and not held
                         else "partial"
                     )
                 finally:
@@ -341,6 +396,7 @@ async def execute(
         skipped=len(done),
         complete=sum(results),
         failed=len(results) - sum(results),
+        paused=held,
         turns=int(totals["turns"]),
         prompt_tokens=int(totals["prompt_tokens"]),
         completion_tokens=int(totals["completion_tokens"]),
@@ -351,13 +407,23 @@ async def execute(
     )
 
 
-def _prepare_database(db_path: Path, plans: Sequence[EpisodePlan]) -> tuple[set[str], list[str]]:
+def _prepare_database(
+    db_path: Path, plans: Sequence[EpisodePlan], checkpoints: Path | None = None
+) -> tuple[set[str], list[str], set[str]]:
     """Create or migrate the database and clear the unfinished planned episodes; returns the
-    ids already complete and the runs left `running` (killed: the caller holds the lock)."""
+    ids already complete, the runs left `running` (killed: the caller holds the lock) and the
+    paused episodes kept to be continued (those with a checkpoint in `checkpoints`)."""
     database = open_database(db_path, create=True)
     try:
         stale = [r[0] for r in database.execute("SELECT run_id FROM runs WHERE status = 'running'")]
-        return prepare_rerun(database, [p.episode_id for p in plans]), stale
+        paused: set[str] = set()
+        if checkpoints is not None:
+            held = [
+                r[0]
+                for r in database.execute("SELECT episode_id FROM episodes WHERE status = 'paused'")
+            ]
+            paused = checkpointed(checkpoints, held) & {p.episode_id for p in plans}
+        return prepare_rerun(database, [p.episode_id for p in plans], keep=paused), stale, paused
     except sqlite3.Error as exc:  # e.g. the disk filled up since the last run
         reason, remedy = describe(exc)
         raise UserError(
@@ -377,7 +443,10 @@ def _log_run_start(
     todo: Sequence[EpisodePlan],
     extra_rows: Callable[[EpisodePlan], dict[str, Any]] | None,
     shard: Shard | None = None,
+    taken_up: Collection[str] = (),
 ) -> None:
+    """The run row and a `pending` row per episode to run (a paused one taken up keeps when
+    it started)."""
     writer.insert(
         "runs",
         {
@@ -395,23 +464,23 @@ def _log_run_start(
         },
     )
     for plan in todo:
-        writer.upsert(
-            "episodes",
-            {
-                "episode_id": plan.episode_id,
-                "run_id": run_id,
-                "idx": plan.index,
-                "scenario": study.name,
-                **study.episode_row(plan),
-                "seed": plan.seed,
-                "stage": plan.stage,
-                "status": "pending",
-                "end_reason": None,
-                "error": None,
-                "n_turns": None,
-                "started_at": None,
-                "finished_at": None,
-                "outcome_json": None,
-                **(extra_rows(plan) if extra_rows is not None else {}),
-            },
-        )
+        row = {
+            "episode_id": plan.episode_id,
+            "run_id": run_id,
+            "idx": plan.index,
+            "scenario": study.name,
+            **study.episode_row(plan),
+            "seed": plan.seed,
+            "stage": plan.stage,
+            "status": "pending",
+            "end_reason": None,
+            "error": None,
+            "n_turns": None,
+            "started_at": None,
+            "finished_at": None,
+            "outcome_json": None,
+            **(extra_rows(plan) if extra_rows is not None else {}),
+        }
+        if plan.episode_id in taken_up:
+            del row["started_at"]
+        writer.upsert("episodes", row)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
 from personae.backends import Backend
@@ -29,6 +30,24 @@ from personae.registry import Registry
 from personae.scenario import EpisodePlan
 from personae.store import RunLog, TurnLogWriter
 from personae.store._cache import ResponseCache
+
+
+@dataclass(frozen=True)
+class Pause:
+    """An answer to an interrupt: stop here; the episode is left `paused` with its checkpoint,
+    and resuming the run continues it from there."""
+
+
+@dataclass(frozen=True)
+class End:
+    """An answer to an interrupt: the person ends the episode now (end reason `ended`); its
+    end-of-episode observers still run."""
+
+
+#: The answer to an interrupt payload: the line typed, `Pause()` or `End()` (or an awaitable
+#: of one); or a mapping `{"text", "seconds", "elapsed_s"}` giving the timings too (a replay).
+Answer = str | dict[str, Any] | Pause | End
+OnInterrupt = Callable[[dict[str, Any]], Answer | Awaitable[Answer]]
 
 
 @dataclass
@@ -41,6 +60,10 @@ class Services:
         cache: The response cache, if enabled.
         stop_when: A user predicate ending conversations.
         on_turn: Progress callback (completion tokens so far of the episode).
+        on_interrupt: Answers an episode's interrupts (a person's turn): given the payload,
+            returns the line, `Pause()` or `End()`.
+        checkpointer: The LangGraph checkpointer of a run whose graphs interrupt (None
+            otherwise: episodes that cannot interrupt run without one).
     """
 
     backends: Mapping[str, Backend]
@@ -48,6 +71,8 @@ class Services:
     cache: ResponseCache | None = None
     stop_when: StopPredicate | None = None
     on_turn: Callable[[int], None] | None = None
+    on_interrupt: OnInterrupt | None = None
+    checkpointer: BaseCheckpointSaver[Any] | None = None
 
 
 @dataclass

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import sqlite_utils
 
 
-def prepare_rerun(db: sqlite_utils.Database, episode_ids: Sequence[str]) -> set[str]:
+def prepare_rerun(
+    db: sqlite_utils.Database, episode_ids: Sequence[str], keep: Collection[str] = ()
+) -> set[str]:
     """Return the ids among `episode_ids` already complete in `db`.
 
-    Turns, calls, judgments and environment steps of the other (pending, running or failed)
-    episodes are deleted in one transaction, so those episodes restart from turn 0 with no
-    duplicated rows.
+    Turns, calls, judgments and environment steps of the other (pending, running, failed or
+    paused) episodes are deleted in one transaction, so those episodes restart from turn 0 with
+    no duplicated rows; those in `keep` (paused episodes continued from their checkpoint) keep
+    theirs.
     """
     done: set[str] = set()
     partial: list[str] = []
@@ -22,7 +25,10 @@ def prepare_rerun(db: sqlite_utils.Database, episode_ids: Sequence[str]) -> set[
         for episode_id, status in db.execute(
             f"SELECT episode_id, status FROM episodes WHERE episode_id IN ({marks})", chunk
         ).fetchall():
-            (done.add(episode_id) if status == "complete" else partial.append(episode_id))
+            if status == "complete":
+                done.add(episode_id)
+            elif episode_id not in keep:
+                partial.append(episode_id)
     with db.conn:
         for episode_id in partial:
             db.execute("DELETE FROM turns WHERE episode_id = ?", [episode_id])
