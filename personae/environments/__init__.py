@@ -5,7 +5,8 @@ The contract (`Environment`): `reset(task) -> Observation`, `step(action) -> Ste
 `open_environment` inside a `RunFolder`, many running concurrently on one event loop. Tasks
 (`Task`, `load_task`) are YAML files naming an environment, a pattern of blind
 goal-directedness, setup files, a judge note and machine-checkable state checks. The `shell`
-environment is a persistent bash in a bubblewrap sandbox. Add your own with
+environment is a persistent bash in a bubblewrap sandbox; `osworld` drives an OSWorld desktop
+(optional extra). Add your own with
 `@register_environment("name")` on an `Environment` subclass.
 """
 
@@ -24,6 +25,7 @@ from personae.environments._base import (
 )
 from personae.environments._bwrap import check_bwrap
 from personae.environments._checks import StateCheck
+from personae.environments._osworld import OSWorldEnvironment, OSWorldOptions, load_osworld_task
 from personae.environments._rundir import RunFolder
 from personae.environments._shell import ShellEnvironment, ShellOptions
 from personae.environments._state import FileState, State, StateDiff
@@ -45,6 +47,8 @@ __all__ = [
     "Environment",
     "EnvironmentOptions",
     "FileState",
+    "OSWorldEnvironment",
+    "OSWorldOptions",
     "Observation",
     "RunFolder",
     "Setup",
@@ -59,6 +63,7 @@ __all__ = [
     "check_bwrap",
     "environment_options",
     "get_environment",
+    "load_osworld_task",
     "load_task",
     "load_tasks",
     "open_environment",
