@@ -5,9 +5,10 @@ The contract (`Environment`): `reset(task) -> Observation`, `step(action) -> Ste
 `open_environment` inside a `RunFolder`, many running concurrently on one event loop. Tasks
 (`Task`, `load_task`) are YAML files naming an environment, a pattern of blind
 goal-directedness, setup files, a judge note and machine-checkable state checks. The `shell`
-environment is a persistent bash in a bubblewrap sandbox; `osworld` drives an OSWorld desktop
-(optional extra). Add your own with
+environment is a persistent bash in a bubblewrap sandbox. Add your own with
 `@register_environment("name")` on an `Environment` subclass.
+
+`osworld` drives an OSWorld desktop in a virtual machine (an optional extra).
 """
 
 from personae.environments._base import (
