@@ -5,7 +5,8 @@ The contract (`Environment`): `reset(task) -> Observation`, `step(action) -> Ste
 `open_environment` inside a `RunFolder`, many running concurrently on one event loop. Tasks
 (`Task`, `load_task`) are YAML files naming an environment, a pattern of blind
 goal-directedness, setup files, a judge note and machine-checkable state checks. The `shell`
-environment is a persistent bash in a bubblewrap sandbox. Add your own with
+environment is a persistent bash in a bubblewrap sandbox; `web` is a real chromium on small
+local web apps (notes, social, files, settings) that can reach nothing else. Add your own with
 `@register_environment("name")` on an `Environment` subclass.
 
 `osworld` drives an OSWorld desktop in a virtual machine (an optional extra).
@@ -24,6 +25,7 @@ from personae.environments._base import (
     open_environment,
     register_environment,
 )
+from personae.environments._browser import hold_browser
 from personae.environments._bwrap import check_bwrap
 from personae.environments._checks import StateCheck
 from personae.environments._osworld import OSWorldEnvironment, OSWorldOptions, load_osworld_task
@@ -39,6 +41,7 @@ from personae.environments._task import (
     load_tasks,
     task_from_dict,
 )
+from personae.environments._web import WebEnvironment, WebOptions
 
 __all__ = [
     "ENVIRONMENTS",
@@ -61,9 +64,12 @@ __all__ = [
     "StateDiff",
     "StepResult",
     "Task",
+    "WebEnvironment",
+    "WebOptions",
     "check_bwrap",
     "environment_options",
     "get_environment",
+    "hold_browser",
     "load_osworld_task",
     "load_task",
     "load_tasks",

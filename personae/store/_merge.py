@@ -7,7 +7,8 @@ Contract:
   episode cap aside — shards may run on different servers), the same as the output's if it
   exists; the output is none of the inputs. A bad input is a `UserError` and nothing is written.
 - Each input is merged in one transaction (under the output's run lock): its runs, then every
-  episode the output lacks, with its turns, model calls, judgments and interventions. An
+  episode the output lacks, with its turns, model calls, judgments, interventions and
+  environment steps (an input made before a table existed simply has none of its rows). An
   unfinished episode of the output is replaced by a complete one. An episode complete on both
   sides with the same turns is skipped (rows the output lacks, e.g. later judgments, are added);
   with different turns it is a conflict: reported, and the output's version is kept. Merging
@@ -39,7 +40,7 @@ from personae.store._schema import (
 )
 
 #: Tables whose rows belong to one episode, copied with it.
-_EPISODE_TABLES = ("turns", "llm_calls", "judgments", "interventions")
+_EPISODE_TABLES = ("turns", "llm_calls", "judgments", "interventions", "env_steps")
 #: Run settings that may differ between the shards of one plan.
 _RUN_SETTINGS = ("backend", "backend_options", "episodes")
 #: Columns that say when or where a row was made, not what it holds (turns: not compared).
@@ -284,6 +285,8 @@ def _copy(
     skip: Sequence[str] = (),
 ) -> int:
     """Copy the rows of `src.table` matching `where` into `main.table`; returns how many."""
+    if not _columns(conn, "src", table):  # an input older than the table
+        return 0
     columns = [c for c in _TABLES[table]["columns"] if c not in skip]
     names = ", ".join(f"[{c}]" for c in columns)
     verb = "INSERT OR IGNORE" if ignore else "INSERT"
