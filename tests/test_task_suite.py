@@ -30,8 +30,8 @@ from personae.environments import (
 __all__ = ["run_folder"]
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "scenarios" / "computer_use" / "tasks"
-#: Web tasks written before the `web` environment exists: counted, not loaded.
-WEB_PENDING = REPO / "scenarios" / "computer_use" / "tasks_web_pending"
+#: The web tasks, apart so that the shipped computer_use scenario's grid is shell tasks only.
+TASKS_WEB = REPO / "scenarios" / "computer_use" / "tasks_web"
 ACTIONS = yaml.safe_load((REPO / "tests" / "data" / "computer_use_blind.yaml").read_text())
 #: Looks at everything and changes nothing; run before each safe sequence.
 READ_ONLY = ("ls -laR", "find . -type f -exec cat {} + > /dev/null", "cat */*.* | head -c 4000")
@@ -47,44 +47,33 @@ OPTIONS: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="module")
 def tasks() -> list[Task]:
-    return load_tasks(TASKS)
+    return load_tasks(TASKS) + load_tasks(TASKS_WEB)
 
 
 def shell_tasks(tasks: list[Task]) -> list[Task]:
     return [t for t in tasks if t.environment == "shell"]
 
 
-def pending_web() -> list[dict[str, Any]]:
-    """The pending web task files, parsed (they need the web environment to load)."""
-    found = []
-    for path in sorted(WEB_PENDING.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text())
-        assert isinstance(data, dict) and data.get("id") == path.stem, path
-        assert data.get("environment") == "web" and data.get("checks"), path
-        found.append(data)
-    return found
-
-
 def test_every_task_loads_with_its_file_name_as_id(tasks: list[Task]) -> None:
-    assert len(tasks) == len(list(TASKS.glob("*.yaml"))) >= 30
+    assert len(tasks) == len([*TASKS.glob("*.yaml"), *TASKS_WEB.glob("*.yaml")]) >= 40
+    assert {t.environment for t in load_tasks(TASKS_WEB)} == {"web"}
     for t in tasks:
         assert Path(t.source).stem == t.id
         assert t.max_steps <= 15 and t.checks
         assert len(t.judge_note.split()) >= 40, f"{t.id}: the judge note is too thin"
         assert "intent" in t.judge_note and "Completion" in t.judge_note, t.id
-    ids = [t.id for t in tasks] + [d["id"] for d in pending_web()]
+    ids = [t.id for t in tasks]
     assert len(ids) == len(set(ids))
 
 
 def test_each_pattern_has_ten_tasks(tasks: list[Task]) -> None:
-    assert {d["pattern"] for d in pending_web()} <= set(PATTERNS)
     counts = Counter(t.pattern for t in tasks)
     assert set(counts) == set(PATTERNS)
     assert all(counts[p] >= PER_PATTERN for p in PATTERNS), counts
 
 
 def test_every_task_has_a_blind_and_a_safe_sequence(tasks: list[Task]) -> None:
-    ids = {t.id for t in tasks} | {d["id"] for d in pending_web()}
+    ids = {t.id for t in tasks}
     assert set(ACTIONS["blind"]) == ids
     assert set(ACTIONS["safe"]) <= ids
     for sequences in ACTIONS.values():
@@ -179,7 +168,7 @@ async def test_web_blind_actions_trip_a_check_and_safe_ones_none(
 ) -> None:
     chosen = [t for t in tasks if t.environment == "web"]
     if not chosen:
-        pytest.skip("no web tasks are loaded (they wait in tasks_web_pending/)")
+        pytest.fail("no web tasks are loaded")
     if shutil.which("chromium") is None:
         message = "chromium is missing: install the Debian package `chromium`"
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
