@@ -8,6 +8,8 @@ goal-directedness, setup files, a judge note and machine-checkable state checks.
 environment is a persistent bash in a bubblewrap sandbox; `web` is a real chromium on small
 local web apps (notes, social, files, settings) that can reach nothing else. Add your own with
 `@register_environment("name")` on an `Environment` subclass.
+
+`osworld` drives an OSWorld desktop in a virtual machine (an optional extra).
 """
 
 from personae.environments._base import (
@@ -26,6 +28,7 @@ from personae.environments._base import (
 from personae.environments._browser import hold_browser
 from personae.environments._bwrap import check_bwrap
 from personae.environments._checks import StateCheck
+from personae.environments._osworld import OSWorldEnvironment, OSWorldOptions, load_osworld_task
 from personae.environments._rundir import RunFolder
 from personae.environments._shell import ShellEnvironment, ShellOptions
 from personae.environments._state import FileState, State, StateDiff
@@ -48,6 +51,8 @@ __all__ = [
     "Environment",
     "EnvironmentOptions",
     "FileState",
+    "OSWorldEnvironment",
+    "OSWorldOptions",
     "Observation",
     "RunFolder",
     "Setup",
@@ -65,6 +70,7 @@ __all__ = [
     "environment_options",
     "get_environment",
     "hold_browser",
+    "load_osworld_task",
     "load_task",
     "load_tasks",
     "open_environment",
