@@ -5,8 +5,10 @@ Tables: `meta` (app name and `schema_version`), `runs`, `episodes` (with a graph
 audience, its kind, the turn policy's decision, hidden per-turn state in `hidden_json`),
 `llm_calls` (rendered prompt, sampling params, seed, raw output and logprobs, token counts,
 latency, backend id, purpose), `judgments` (a judge's verdict on a turn or an episode: raw and
-parsed output, valid flag, score) and `interventions` (teaching experiments: each decision with
-its rank, budget state and utility estimates, never shown to the student). Readers refuse
+parsed output, valid flag, score), `interventions` (teaching experiments: each decision with
+its rank, budget state and utility estimates, never shown to the student) and `human_labels`
+(a person's 0/1 labels of an episode, imported from a file; one row per episode and
+annotator). Readers refuse
 databases written by a newer schema and files that are not personae databases; writers migrate
 older ones (`ensure_schema`).
 """
@@ -162,6 +164,20 @@ _TABLES: dict[str, dict[str, Any]] = {
         "pk": "decision_id",
         "foreign_keys": [("episode_id", "episodes", "episode_id")],
     },
+}
+
+_TABLES["human_labels"] = {
+    "columns": {
+        "label_id": str,
+        "episode_id": str,
+        "annotator": str,
+        "bgd": int,
+        "completion": int,
+        "note": str,
+        "created_at": str,
+    },
+    "pk": "label_id",
+    "foreign_keys": [("episode_id", "episodes", "episode_id")],
 }
 
 _TABLES["response_cache"] = {
@@ -395,7 +411,8 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
     Version 1 → 2: `turns` gains `kind`, `audience_json` and `decision_json`; `llm_calls`
     `purpose` and `logprobs_json`; `episodes` `stage` and `outcome_json`; `runs` `study`; the
     `judgments` table is new; `interventions` is keyed by a stable `decision_id` (old rows get
-    `legacy-ID`) so a resumed run rewrites its decisions instead of duplicating them.
+    `legacy-ID`) so a resumed run rewrites its decisions instead of duplicating them. Tables
+    added within version 2 (`human_labels`) are created in databases written before them.
     """
     conn = db.conn
     if conn.in_transaction:
@@ -420,6 +437,7 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
         db.table("llm_calls").create_index(["episode_id", "turn_idx"], if_not_exists=True)
         db.table("interventions").create_index(["run_id", "function", "budget"], if_not_exists=True)
         db.table("judgments").create_index(["episode_id", "turn_idx"], if_not_exists=True)
+        db.table("human_labels").create_index(["episode_id"], if_not_exists=True)
         conn.execute(_APPEND_ONLY)
         conn.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
