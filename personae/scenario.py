@@ -3,8 +3,9 @@
 A scenario names the graph kind and its options, the agents (role, persona file or inline
 mapping, sampling, optional backend, audience, context window, candidates proposing its lines
 and the supervisor choosing among them, or — for judges — whom they observe), the default
-backend, the seed, repeats and an optional persona grid: a mapping from `AGENT.persona` (a list
-of files or a glob) or `AGENT.FIELD` (values of a persona field) to lists of values; every
+backend, the seed, repeats and an optional grid: a mapping from `AGENT.persona` (a list of
+files or a glob), `AGENT.FIELD` (values of a persona field), `AGENT.backend` (backend specs) or
+`graph.OPTION` (values of a graph option; a glob of files expands) to lists of values; every
 combination is one condition. `imports:` lists Python files or modules with the
 scenario's own roles, graph kinds, turn policies or judges. Everything — YAML syntax, unknown
 keys, unknown roles, graph kinds and policies, audiences and topologies naming missing agents,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import json
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -180,6 +182,7 @@ class Scenario(_Spec):
     #: The scenario file, for error messages (not part of the file).
     source: str = Field(default="scenario", exclude=True)
     _kind: GraphKind | None = PrivateAttr(None)
+    _kinds: dict[str, GraphKind] = PrivateAttr(default_factory=dict)
 
     def supervisors(self) -> frozenset[str]:
         """Agents that choose among candidates (they take no turns)."""
@@ -209,12 +212,26 @@ class Scenario(_Spec):
             base_dir=self.base_dir,
         )
 
-    def graph_kind(self) -> GraphKind:
-        """The graph kind for this scenario, built and checked once."""
-        if self._kind is None:
+    def graph_kind(self, options: Mapping[str, Any] | None = None) -> GraphKind:
+        """The graph kind for this scenario, built and checked once — or, with `options` (the
+        graph options a grid condition varies), once per distinct set of them."""
+        if not options:
+            if self._kind is None:
+                cls = get_graph(self.graph.kind, where=f"{self.source}: graph.kind")
+                self._kind = cls(self.graph, self.cast())
+            return self._kind
+        key = json.dumps(options, sort_keys=True, default=str)
+        if key not in self._kinds:
             cls = get_graph(self.graph.kind, where=f"{self.source}: graph.kind")
-            self._kind = cls(self.graph, self.cast())
-        return self._kind
+            data = {**self.graph.model_dump(), **options}
+            try:
+                graph = cls.options_model.model_validate(data)
+            except ValidationError as exc:
+                raise validation_error(
+                    exc, f"{self.source}: grid", cls.options_model, prefix="graph"
+                ) from None
+            self._kinds[key] = cls(graph, self.cast())
+        return self._kinds[key]
 
     def watched(self, name: str) -> frozenset[str]:
         """The agents judge `name` observes."""
@@ -610,18 +627,48 @@ def _load_persona(
     return validate_persona(role_cls.persona_model, data, source)
 
 
+#: The grid's key prefix for graph options (`graph.task`), and the agent field naming a
+#: backend spec (`agent.backend`) rather than a persona field.
+GRAPH_AXIS = "graph"
+BACKEND_FIELD = "backend"
+
+
+def _grid_files(scenario: Scenario, value: str, where: str) -> list[str]:
+    """A graph option's grid value: a glob of files expands to the files, as paths relative to
+    the scenario's folder (so episode ids do not depend on where the checkout lives)."""
+    if not glob.has_magic(value):
+        return [value]
+    base = scenario.base_dir.resolve()
+    files = []
+    for path in _persona_files(scenario, value, where):
+        resolved = path.resolve()
+        files.append(
+            resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else str(path)
+        )
+    return files
+
+
 def _grid_axes(scenario: Scenario) -> list[tuple[str, str, list[Any]]]:
     axes = []
     for key, values in scenario.grid.items():
         agent, _, field = key.partition(".")
         where = f"{scenario.source}: grid.{key}"
-        if agent not in scenario.agents or not field:
+        if agent == GRAPH_AXIS and agent not in scenario.agents:
+            options = [k for k in type(scenario.graph).model_fields if k != "kind"]
+            if field not in options:
+                raise UserError(
+                    f"grid key {key!r} names no option of graph kind {scenario.graph.kind!r}",
+                    where=where,
+                    fix=f"options are: {', '.join(options)}",
+                )
+        elif agent not in scenario.agents or not field:
             raise UserError(
-                f"grid key {key!r} must be AGENT.persona or AGENT.FIELD",
+                f"grid key {key!r} must be AGENT.persona, AGENT.backend, AGENT.FIELD or "
+                "graph.OPTION",
                 where=where,
                 fix=f"agents are: {', '.join(scenario.agents)}",
             )
-        if field == "persona":
+        if field == "persona" and agent != GRAPH_AXIS:
             if isinstance(values, str):
                 values = [values]
             expanded: list[Any] = []
@@ -633,10 +680,38 @@ def _grid_axes(scenario: Scenario) -> list[tuple[str, str, list[Any]]]:
             values = expanded
         elif isinstance(values, str):
             values = [values]
+        if agent == GRAPH_AXIS and agent not in scenario.agents:
+            values = [f for v in values for f in (_grid_files(scenario, v, where)
+                      if isinstance(v, str) else [v])]  # fmt: skip
+        if field == BACKEND_FIELD and not all(isinstance(v, str) and v for v in values):
+            raise UserError(
+                f"grid.{key} must list backend specs", where=where, fix="e.g. [scripted, embedded]"
+            )
         if not values:
             raise UserError(f"grid.{key} has no values", where=where, fix="list at least one")
         axes.append((agent, field, values))
     return axes
+
+
+def grid_backends(scenario: Scenario) -> dict[str, list[str]]:
+    """The backend specs the grid gives each agent (`grid: {AGENT.backend: [...]}`), by agent."""
+    return {
+        agent: [str(v) for v in values]
+        for agent, field, values in _grid_axes(scenario)
+        if field == BACKEND_FIELD and agent != GRAPH_AXIS
+    }
+
+
+def condition_graph_options(scenario: Scenario, condition: Mapping[str, Any]) -> dict[str, Any]:
+    """The graph options a planned condition varies (`grid: {graph.OPTION: ...}`); none: {}."""
+    if GRAPH_AXIS in scenario.agents:
+        return {}
+    return dict(condition.get(GRAPH_AXIS) or {})
+
+
+def grid_backend_key(agent: str, spec: str) -> str:
+    """How the backend the grid gives `agent` is named among the run's backends."""
+    return f"{agent}@{spec}"
 
 
 def plan_shape(scenario: Scenario) -> tuple[int, int]:
@@ -690,11 +765,19 @@ def plan_episodes(
                 return plans
             refs: dict[str, Any] = {n: a.persona for n, a in scenario.agents.items()}
             overrides: dict[str, dict[str, Any]] = {n: {} for n in scenario.agents}
+            graph_options: dict[str, Any] = {}
+            backends: dict[str, str] = {}
             for (agent, field, _), value in zip(axes, combo, strict=True):
-                if field == "persona":
+                if agent == GRAPH_AXIS and agent not in scenario.agents:
+                    graph_options[field] = value
+                elif field == BACKEND_FIELD:
+                    backends[agent] = value
+                elif field == "persona":
                     refs[agent] = value
                 else:
                     overrides[agent][field] = value
+            if graph_options:
+                scenario.graph_kind(graph_options)  # checked once per distinct value
             personas: dict[str, BaseModel] = {}
             condition: dict[str, Any] = {}
             for agent in scenario.agents:
@@ -711,6 +794,10 @@ def plan_episodes(
                 personas[agent] = cache[key]
                 condition[agent] = {"persona": getattr(personas[agent], "id", None),
                                     **overrides[agent]}  # fmt: skip
+            for agent, spec_text in backends.items():
+                condition.setdefault(agent, {})[BACKEND_FIELD] = spec_text
+            if graph_options:
+                condition[GRAPH_AXIS] = graph_options
             for seat, spec in scenario.agents.items():
                 if spec.candidates:  # which candidates (and their personas) it has
                     condition.setdefault(seat, {})["candidates"] = _candidate_ids(

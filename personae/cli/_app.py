@@ -210,9 +210,10 @@ def start_run(
         )
     except KeyboardInterrupt:
         if started:
+            again = " --executor ray" if executor == "ray" else ""
             err.print(
                 f"interrupted: complete episodes are saved; resume with: "
-                f"personae run --resume {started[0]}",
+                f"personae run --resume {started[0]}{again}",
                 markup=False,
             )
         raise typer.Exit(130) from None

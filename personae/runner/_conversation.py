@@ -27,10 +27,14 @@ from personae.runner._engine import RunResult, execute
 from personae.runner._shards import Shard, stored_shard
 from personae.runner._study import EpisodeJob, Services, Study, register_study, study_of_run
 from personae.scenario import (
+    BACKEND_FIELD,
     AgentSpec,
     EpisodePlan,
     Scenario,
     candidate_key,
+    condition_graph_options,
+    grid_backend_key,
+    grid_backends,
     load_scenario,
     parse_scenario,
     plan_episodes,
@@ -138,6 +142,9 @@ class ConversationStudy(Study):
         }
         for key, (seat, candidate) in s.candidates().items():  # a candidate's, else its seat's
             specs[key] = (candidate.backend, {}) if candidate.backend else specs[seat]
+        for agent, values in grid_backends(s).items():
+            for spec in values:
+                specs[grid_backend_key(agent, spec)] = (spec, {})
         return specs
 
     def plan(self) -> list[EpisodePlan]:
@@ -150,12 +157,17 @@ class ConversationStudy(Study):
 
     def job(self, plan: EpisodePlan, services: Services) -> EpisodeJob:
         scenario = self.scenario
-        agents = build_agents(scenario, plan.personas, services.backends)
-        seats = build_seats(scenario, plan.personas, services.backends, agents)
+        backends = dict(services.backends)
+        for agent, condition in plan.condition.items():  # the grid's backend for this episode
+            spec = condition.get(BACKEND_FIELD) if isinstance(condition, dict) else None
+            if agent in scenario.agents and spec is not None:
+                backends[agent] = services.backends[grid_backend_key(agent, spec)]
+        agents = build_agents(scenario, plan.personas, backends)
+        seats = build_seats(scenario, plan.personas, backends, agents)
         episode = Episode(
             episode_id=plan.episode_id,
             agents=agents,
-            backends=dict(services.backends),
+            backends=backends,
             writer=services.writer,
             run_seed=plan.seed,
             stop_when=services.stop_when,
@@ -165,7 +177,7 @@ class ConversationStudy(Study):
             lineage=plan.lineage or plan.episode_id,
             seats=seats,
         )
-        kind = scenario.graph_kind()
+        kind = scenario.graph_kind(condition_graph_options(scenario, plan.condition))
         return EpisodeJob(kind.graph, episode, kind.input(), kind.config())
 
     def restore(self, row: dict[str, Any]) -> EpisodePlan:
@@ -271,7 +283,19 @@ def evolve(scenario: Scenario, **update: Any) -> Scenario:
 
 
 def with_backend(scenario: Scenario, backend: str) -> Scenario:
-    """`scenario` with every agent on `backend` (per-agent specs and options dropped)."""
+    """`scenario` with every agent on `backend` (per-agent specs and options dropped).
+
+    Raises:
+        UserError: the grid varies an agent's backend (one backend would erase that axis).
+    """
+    if varied := grid_backends(scenario):
+        agent = next(iter(varied))
+        raise UserError(
+            f"the grid varies agents' backends ({agent}.{BACKEND_FIELD}), so one backend "
+            "for every agent would erase that condition",
+            where=f"{scenario.source}: grid.{agent}.{BACKEND_FIELD}",
+            fix="drop --backend, or list the backends in the grid",
+        )
     return evolve(
         scenario,
         backend=backend,
