@@ -210,7 +210,7 @@ def start_run(
         )
     except KeyboardInterrupt:
         if started:
-            again = " --executor ray" if executor == "ray" else ""
+            again = " --executor ray" if options.get("executor") == "ray" else ""
             err.print(
                 f"interrupted: complete episodes are saved; resume with: "
                 f"personae run --resume {started[0]}{again}",
