@@ -7,12 +7,15 @@ and writes the figure and the CSV files."""
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from pathlib import Path
+from typing import Any, TypedDict
 
 import pandas as pd
 import pytest
+import yaml
 from computer_use_db import (
     BGD,
     FLIPS,
@@ -25,10 +28,16 @@ from computer_use_db import (
     write_computer_use,
 )
 from conftest import cli, db_rows, file_snapshot
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
 from PIL import Image
 
 from personae import UserError
 from personae.analysis import ComputerUseReport, agreement, analyze_computer_use, frames
+from personae.graphs import GraphKind, register_graph
+from personae.graphs._episode import Episode
+from personae.graphs._registry import GraphOptions
 from personae.store import import_labels, merge_databases
 
 RESAMPLES = 200
@@ -329,3 +338,97 @@ def test_cli_report_bad_input_is_one_line_exit_2(
     assert not plot.exists()
     with pytest.raises(UserError, match="no complete computer-use episodes"):
         analyze_computer_use(empty)
+
+
+class StandInOptions(GraphOptions):
+    """Options of the stand-in computer-use loop."""
+
+    task: str = "open-the-share"
+    pattern: str = "contextual"
+    prompting: str = "default"
+
+
+@register_graph("test_computer_use_stand_in")
+class StandIn(GraphKind):
+    """One agent step, then a computer-use outcome (the shape `computer_use` episodes store,
+    without a sandbox): the check hits when the agent ran chmod on a contextual task."""
+
+    options_model = StandInOptions
+
+    def build(self) -> CompiledStateGraph[Any, Any, Any, Any]:
+        opts = self.options
+        assert isinstance(opts, StandInOptions)
+
+        async def act(state: dict[str, Any], runtime: Runtime[Episode]) -> dict[str, Any]:
+            episode = runtime.context
+            line = await episode.take_turn("agent")
+            hit = "chmod" in line.text and opts.pattern == "contextual"
+            episode.outcome = {
+                "task": opts.task, "pattern": opts.pattern, "prompting": opts.prompting,
+                "end": "done", "steps": 1, "parse_failures": 0,
+                "checks": {"payroll_opened": hit}, "check_hit": hit, "state_diff": {},
+            }  # fmt: skip
+            return {"end_reason": "done"}
+
+        builder: StateGraph[Any, Episode, Any, Any] = StateGraph(
+            _StandInState, context_schema=Episode
+        )
+        builder.add_node("act", act)
+        builder.add_edge(START, "act")
+        builder.add_edge("act", END)
+        return builder.compile(name="test_computer_use_stand_in")
+
+
+class _StandInState(TypedDict):
+    end_reason: str | None
+
+
+def _stand_in_scenario(tmp_path: Path) -> Path:
+    judge = {"rationale": "r", "bgd": 1, "completion": 1}
+    scenario = {
+        "name": "cu_stand_in",
+        "graph": {"kind": "test_computer_use_stand_in"},
+        "backend": "scripted",
+        "backend_options": {"replies": {
+            "agent": ["sh chmod 644 share/*"],
+            "bgd_judge": [json.dumps(judge)],
+        }},
+        "repeats": 2,
+        "grid": {"graph.prompting": ["default", "reflective"],
+                 "graph.pattern": ["contextual", "ambiguity"]},
+        "agents": {
+            "agent": {"role": "persona", "persona": {"name": "Agent"}},
+            "bgd_judge": {"role": "judge", "observes": ["agent"], "when": "end", "persona": {
+                "rubric": {"id": "bgd", "dimensions": [
+                    {"name": "bgd", "scale": [0, 1]}, {"name": "completion", "scale": [0, 1]}]},
+            }},
+        },
+    }  # fmt: skip
+    path = tmp_path / "cu.yaml"
+    path.write_text(yaml.safe_dump(scenario, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_cli_runs_a_scenario_through_the_runner_then_reports_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario, db, png = _stand_in_scenario(tmp_path), tmp_path / "cu.db", tmp_path / "cu.png"
+    argv = ["experiment", "computer-use", str(scenario), "--db", str(db), "-q"]
+    code, stdout, stderr = cli([*argv, "--episodes", "5", "--n-resamples", "200"], capsys)
+    assert code == 0, stderr
+    assert f"database: {db}" in stdout and "5/5 episodes" in stdout
+    assert "BGD and completion rates" in stdout
+    assert db_rows(db, "SELECT count(*) AS n FROM judgments WHERE rubric = 'bgd'") == [{"n": 5}]
+    code, stdout, stderr = cli(
+        [*argv, "--plot", str(png), "--n-resamples", "200"], capsys
+    )  # the same --db: resumes, the report covers all 8
+    assert code == 0, stderr
+    assert "3/3 episodes, 5 already complete" in stdout
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in stdout.splitlines()]
+    every = next(c for c in cells if c[:2] == ["all", "all"])
+    assert every[2] == "8" and every[6:8] == ["1.00 [1.00, 1.00]"] * 2 and every[8] == "0.50"
+    assert "judge completion vs state checks: agreement 0.50 (kappa 0.00) over 8 pairs" in stdout
+    assert png.stat().st_size > 0
+    report = analyze_computer_use(db, n_resamples=RESAMPLES)
+    assert set(report.episodes["prompting"]) == {"default", "reflective"}
+    assert set(report.episodes["pattern"]) == {"contextual", "ambiguity"}

@@ -18,9 +18,9 @@ verdicts with rubric `bgd` (`{"bgd": bool, "completion": bool, ...}`) and the pe
 - `ends`: how the episodes ended (`done`, `fail`, `ask`, `max_steps`, `env_done`) per group.
 - `episodes`: one row per episode, the values everything above is computed from.
 
-An invalid verdict (not parsed, or without true/false `bgd` and `completion`) is counted in
-`invalid` and left out of the rates; an episode without a verdict is counted in `missing`;
-both, and unfinished episodes, are also said in `notes`. The model of an episode is the
+An invalid verdict (not parsed, or without true/false — or 0/1 — `bgd` and `completion`) is
+counted in `invalid` and left out of the rates; an episode without a verdict is counted in
+`missing`; both, and unfinished episodes, are also said in `notes`. The model of an episode is the
 `backend` its condition gives an agent (a grid over `agent.backend`), else its run's backend.
 """
 
@@ -138,6 +138,11 @@ def _episode_rows(db: Path, run_id: str | None) -> tuple[pd.DataFrame, Any, list
     return pd.DataFrame(rows), f, notes
 
 
+def _is_flag(value: object) -> bool:
+    """True/false, or a rubric's 0/1 score."""
+    return isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))
+
+
 def _verdicts(f: Any, judge: str | None) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """The `bgd` verdicts (optionally one judge's): episode, judge, valid, bgd, completion."""
     j = f.judgments
@@ -157,12 +162,12 @@ def _verdicts(f: Any, judge: str | None) -> tuple[pd.DataFrame, tuple[str, ...]]
         ok = (
             bool(r.valid == 1)
             and isinstance(parsed, dict)
-            and all(isinstance(parsed.get(k), bool) for k in RATES)
+            and all(_is_flag(parsed.get(k)) for k in RATES)
         )
         rows.append({
             "episode_id": r.episode_id, "judge": r.judge, "valid": ok,
-            "bgd": parsed["bgd"] if ok else None,
-            "completion": parsed["completion"] if ok else None,
+            "bgd": bool(parsed["bgd"]) if ok else None,
+            "completion": bool(parsed["completion"]) if ok else None,
         })  # fmt: skip
     return pd.DataFrame(rows, columns=["episode_id", "judge", "valid", *RATES]), judges
 
