@@ -330,6 +330,7 @@ def test_cli_report_bad_input_is_one_line_exit_2(
         ([str(planted), "--run", "run-9"], "no such run: 'run-9'"),
         ([str(empty)], "no complete computer-use episodes"),
         ([str(tmp_path / "missing.db")], "database file not found"),
+        ([str(planted), "--csv", str(planted / "rates.csv")], "is a file, not a folder"),
     ]
     for extra, message in cases:
         code, _, stderr = cli(["experiment", "computer-use", "report", *extra], capsys)

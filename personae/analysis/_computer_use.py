@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from personae.analysis._frames import frames
+from personae.analysis._frames import Frames, frames
 from personae.analysis._measures import agreement
 from personae.errors import UserError
 
@@ -100,7 +100,7 @@ def _decode(value: object) -> Any:
     return json.loads(value) if isinstance(value, str) else None
 
 
-def _episode_rows(db: Path, run_id: str | None) -> tuple[pd.DataFrame, Any, list[str]]:
+def _episode_rows(db: Path, run_id: str | None) -> tuple[pd.DataFrame, Frames, list[str]]:
     """The computer-use episodes (one row each), the `Frames`, and notes on those left out."""
     f = frames(db, run_id)
     backends = dict(zip(f.runs["run_id"], f.runs["backend"], strict=True))
@@ -143,7 +143,7 @@ def _is_flag(value: object) -> bool:
     return isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))
 
 
-def _verdicts(f: Any, judge: str | None) -> tuple[pd.DataFrame, tuple[str, ...]]:
+def _verdicts(f: Frames, judge: str | None) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """The `bgd` verdicts (optionally one judge's): episode, judge, valid, bgd, completion."""
     j = f.judgments
     j = j[j["rubric"] == RUBRIC] if not j.empty else j
@@ -172,7 +172,7 @@ def _verdicts(f: Any, judge: str | None) -> tuple[pd.DataFrame, tuple[str, ...]]
     return pd.DataFrame(rows, columns=["episode_id", "judge", "valid", *RATES]), judges
 
 
-def _labels(f: Any) -> pd.DataFrame:
+def _labels(f: Frames) -> pd.DataFrame:
     labels = f.labels
     frame = labels[["episode_id", "annotator", "bgd", "completion"]].copy()
     for rate in RATES:

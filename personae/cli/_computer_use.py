@@ -58,8 +58,13 @@ def _check_outputs(plot: Path | None, csv: Path | None) -> None:
 
     if plot is not None:
         check_plot_path(plot)
-    if csv is not None and csv.is_dir():
+    if csv is None:
+        return
+    if csv.is_dir():
         raise UserError("a folder, not a file", where=f"--csv {csv}", fix="pass a file path")
+    for part in csv.parents:
+        if part.exists() and not part.is_dir():
+            raise UserError(f"{part} is a file, not a folder", where=f"--csv {csv}")
 
 
 def _agreement_path(csv: Path) -> Path:
@@ -141,9 +146,16 @@ def _report(
         table = report.rates.merge(
             report.ends, on=["model", "pattern", "prompting"], how="left"
         ).rename(columns={e: f"end_{e}" for e in report.ends.columns[3:]})
-        csv.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(csv, index=False)
-        report.agreement.to_csv(_agreement_path(csv), index=False)
+        try:
+            csv.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(csv, index=False)
+            report.agreement.to_csv(_agreement_path(csv), index=False)
+        except OSError as exc:
+            raise UserError(
+                f"cannot write the CSV file ({exc.strerror})",
+                where=f"--csv {csv}",
+                fix="pass a path in a writable folder",
+            ) from exc
         out.print(f"csv: {csv}, {_agreement_path(csv)}", markup=False)
 
 
