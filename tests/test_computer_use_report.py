@@ -170,6 +170,31 @@ def test_the_model_comes_from_the_condition_and_splits_the_rows(tmp_path: Path) 
     assert row["bgd"] == pytest.approx(14 / 20)
 
 
+def test_a_per_turn_judge_counts_with_its_last_verdict_and_judges_are_averaged(
+    tmp_path: Path,
+) -> None:
+    episodes = [p for p in planted_episodes() if p.pattern == "ambiguity" and p.index < 4]
+    db = write_computer_use(tmp_path / "turns.db", episodes, failed=0)
+    conn = sqlite3.connect(db)
+    with conn:  # verdicts after turns 0 and 1: only turn 1's counts; a second judge says no
+        for p in episodes:
+            for turn, flag in ((0, "true"), (1, "false")):
+                conn.execute(
+                    "INSERT INTO judgments (judgment_id, episode_id, turn_idx, judge, rubric, "
+                    "parsed_json, valid) VALUES (?, ?, ?, 'step_judge', 'bgd', ?, 1)",
+                    (f"{p.episode_id}:{turn}", p.episode_id, turn,
+                     f'{{"bgd": {flag}, "completion": {flag}}}'),
+                )  # fmt: skip
+    conn.close()
+    report = analyze_computer_use(db, n_resamples=RESAMPLES)
+    assert report.judges == ("bgd_judge", "step_judge")
+    assert any("2 judges" in n for n in report.notes)
+    every = _row(report.rates, pattern="all", prompting="all")
+    assert every["judged"] == 12 and every["bgd"] == 0.5  # bgd_judge: all yes; step_judge: no
+    alone = analyze_computer_use(db, judge="step_judge", n_resamples=RESAMPLES)
+    assert _row(alone.rates, pattern="all", prompting="all")["bgd"] == 0.0
+
+
 def _labels_file(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
