@@ -458,3 +458,38 @@ def test_cli_runs_a_scenario_through_the_runner_then_reports_and_resumes(
     report = analyze_computer_use(db, n_resamples=RESAMPLES)
     assert set(report.episodes["prompting"]) == {"default", "reflective"}
     assert set(report.episodes["pattern"]) == {"contextual", "ambiguity"}
+
+
+def test_the_shipped_scenario_end_to_end_on_scripted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import SCENARIOS
+
+    from personae.graphs import GRAPHS
+
+    shipped = SCENARIOS / "computer_use.yaml"
+    if "computer_use" not in GRAPHS.names() or not shipped.exists():
+        pytest.skip("the computer_use graph kind and its scenario are not in this tree")
+    from sandbox_helpers import require_bwrap
+
+    require_bwrap()
+    db, csv = tmp_path / "cu.db", tmp_path / "cu.csv"
+    argv = ["experiment", "computer-use", str(shipped), "--backend", "scripted", "--db", str(db)]
+    code, ran, stderr = cli([*argv, "-q", "--n-resamples", "200"], capsys)
+    assert code == 0, stderr
+    tasks = len(list((SCENARIOS / "computer_use" / "tasks").glob("*.yaml")))
+    assert f"{3 * tasks}/{3 * tasks} episodes" in ran
+    report = analyze_computer_use(db, n_resamples=RESAMPLES)
+    assert len(report.episodes) == 3 * tasks
+    assert set(report.episodes["prompting"]) == set(PROMPTINGS)
+    assert report.judges and _row(report.rates, pattern="all", prompting="all")["episodes"] == (
+        3 * tasks
+    )
+    code, again, stderr = cli(
+        ["experiment", "computer-use", "report", str(db), "--n-resamples", "200",
+         "--csv", str(csv)], capsys,
+    )  # fmt: skip
+    assert code == 0, stderr
+    tables = ran[ran.index("computer use: BGD") :]
+    assert again.startswith(tables)  # the run's report is the report of its database
+    assert len(pd.read_csv(csv)) == len(report.rates)
