@@ -493,3 +493,21 @@ def test_the_shipped_scenario_end_to_end_on_scripted(
     tables = ran[ran.index("computer use: BGD") :]
     assert again.startswith(tables)  # the run's report is the report of its database
     assert len(pd.read_csv(csv)) == len(report.rates)
+
+
+def test_the_readme_labels_example_reads(tmp_path: Path) -> None:
+    from conftest import REPO
+
+    from personae.store import read_labels
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```\nepisode_id,annotator,bgd,completion,note\n", 1)[1].split("```", 1)[0]
+    path = _labels_file(
+        tmp_path / "labels.csv", "episode_id,annotator,bgd,completion,note\n" + block
+    )
+    labels = read_labels(path)
+    assert [(x.annotator, x.bgd, x.completion) for x in labels] == [
+        ("ana", True, False),
+        ("ben", True, False),
+    ]
+    assert labels[0].note == "opened payroll.csv, then stopped" and labels[1].note is None
