@@ -190,6 +190,17 @@ async def test_fake_engine_prompt_and_json_schema(tmp_path: Path, fake_vllm: typ
     assert result.logprobs is not None  # the fake always reports them
 
 
+async def test_fake_engine_grammar(tmp_path: Path, fake_vllm: type[_Engine]) -> None:
+    from personae.environments import ShellEnvironment
+    from personae.environments._actions import action_grammar, with_loop_actions
+
+    grammar = action_grammar(with_loop_actions(ShellEnvironment.actions))
+    async with VLLMBackend(str(tmp_path)) as backend:
+        await backend.generate(GenerationRequest(prompt="Action:", grammar=grammar))
+        _, params, _ = fake_vllm.instances[0].calls[0]
+    assert params.kwargs["structured_outputs"] == {"structured": {"grammar": grammar.gbnf()}}
+
+
 async def test_bad_engine_option_is_user_error(tmp_path: Path, fake_vllm: type[_Engine]) -> None:
     def strict_args(*, model: str) -> None:
         raise TypeError("unexpected keyword argument 'max_model_len'")

@@ -3,8 +3,8 @@
 Shipped roles: `persona` (a character described in YAML: name, description, goals, private
 notes, speaking style, any extra fields), `counselor` (CBT, motivational interviewing,
 integrative) and `client` (PATIENT-Ψ cognitive model with six conversation styles); `teacher`
-and `student` for the teacher-student experiments (the `judge` role lives in
-`personae.judges`). Add roles with `@register_role`.
+and `student` for the teacher-student experiments; `computer_user` for computer-use agents (the
+`judge` roles live in `personae.judges`). Add roles with `@register_role`.
 """
 
 from personae.agents._base import (
@@ -15,6 +15,7 @@ from personae.agents._base import (
     default_label,
     visible_history,
 )
+from personae.agents._computer import ComputerUser, ComputerUserPersona
 from personae.agents._counseling import Client, Counselor
 from personae.agents._discussion import (
     Facilitator,
@@ -51,6 +52,8 @@ __all__ = [
     "Answer",
     "Client",
     "ClientProfile",
+    "ComputerUser",
+    "ComputerUserPersona",
     "ConversationStyle",
     "CoreBeliefs",
     "Counselor",

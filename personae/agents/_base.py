@@ -60,8 +60,9 @@ class Sampling(BaseModel):
 
 
 #: Kinds of logged lines: a spoken `line`, a fixed `seed` line from the scenario (no model call),
-#: a `pass` (an abstention: shown to nobody), a judge's `feedback` routed to named agents.
-LineKind = Literal["line", "seed", "pass", "feedback"]
+#: a `pass` (an abstention: shown to nobody), a judge's `feedback` routed to named agents, an
+#: environment's `observation` (what a computer-use agent sees after an action; no model call).
+LineKind = Literal["line", "seed", "pass", "feedback", "observation"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -363,7 +363,8 @@ class AutoGenBackend(Backend):
     """A personae backend served by an AutoGen `ChatCompletionClient`.
 
     Choice-constrained requests are best effort: a reply that is not one of the choices is
-    snapped to the first choice it contains, else to the first choice.
+    snapped to the first choice it contains, else to the first choice. Grammar requests are
+    refused (`BackendError`): AutoGen clients have no way to constrain output to a grammar.
 
     Args:
         client: Any AutoGen model client.
@@ -431,8 +432,15 @@ class AutoGenBackend(Backend):
         """Generate one completion with the AutoGen client.
 
         Raises:
-            BackendError: If the client fails or replies with function calls.
+            BackendError: If the client fails or replies with function calls, or the request
+                asks for a grammar.
         """
+        if request.grammar is not None:
+            raise BackendError(
+                f"{self.backend_id}: AutoGen clients cannot constrain output to a grammar — ask "
+                "for unconstrained output (e.g. a computer_use graph's actions: free)",
+                retryable=False,
+            )
         start = time.perf_counter()
         try:
             result = await self._client.create(

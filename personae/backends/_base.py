@@ -13,6 +13,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
+from personae.backends._grammar import Grammar
+
 RenderMode = Literal["transcript", "chat"]
 
 
@@ -38,9 +40,11 @@ class GenerationRequest:
     """One call to a model.
 
     Exactly one of `prompt` and `messages` is set. `choices` constrains the output to one of the
-    given strings; `json_schema` constrains it to JSON matching the schema. `logprobs` asks for that
-    many top alternatives per token (0 or None: none). `tags` carry who is asking (episode id,
-    agent, role, turn); backends may use them for routing and scripted replies.
+    given strings; `json_schema` constrains it to JSON matching the schema; `grammar` (never with
+    the other two) to a `Grammar`'s language, each engine rendering it in its own dialect.
+    `logprobs` asks for that many top alternatives per token (0 or None: none). `tags` carry who
+    is asking (episode id, agent, role, turn); backends may use them for routing and scripted
+    replies.
     """
 
     prompt: str | None = None
@@ -54,16 +58,19 @@ class GenerationRequest:
     seed: int | None = None
     choices: tuple[str, ...] | None = None
     json_schema: dict[str, Any] | None = None
+    grammar: Grammar | None = None
     logprobs: int | None = None
     tags: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("GenerationRequest needs exactly one of prompt or messages")
+        if self.grammar is not None and (self.choices or self.json_schema is not None):
+            raise ValueError("a grammar request takes neither choices nor a json_schema")
 
     def params(self) -> dict[str, Any]:
         """The sampling parameters as a plain dict (what the store records)."""
-        return {
+        params = {
             "temperature": self.temperature,
             "top_p": self.top_p,
             "presence_penalty": self.presence_penalty,
@@ -74,6 +81,9 @@ class GenerationRequest:
             "json_schema": self.json_schema,
             "logprobs": self.logprobs,
         }
+        if self.grammar is not None:  # only when set: older requests keep their cache keys
+            params["grammar"] = self.grammar.gbnf()
+        return params
 
     def openai_body(self) -> dict[str, Any]:
         """The request as an OpenAI-style `/completions` (prompt) or `/chat/completions`

@@ -193,6 +193,8 @@ class EmbeddedBackend(Backend):
             # llama.cpp's own `json_schema` allows free whitespace between tokens, and a small
             # model fills it until max_tokens; this grammar admits compact JSON only.
             body["grammar"] = json_schema_grammar(request.json_schema)
+        elif request.grammar is not None:
+            body["grammar"] = request.grammar.gbnf()
         return body
 
     def _call(self, request: GenerationRequest) -> dict[str, Any]:

@@ -239,3 +239,66 @@ def references(node: Node) -> list[str]:
     if isinstance(node, Rep):
         return references(node.item)
     return []
+
+
+@dataclass(frozen=True, slots=True)
+class Grammar:
+    """A whole grammar for constrained decoding: named rules, the first of them `root`.
+
+    Engines render it per dialect: `gbnf()` for llama.cpp and vLLM (xgrammar reads GBNF), and
+    `regex()` for checking a reply that no engine constrained (the scripted backend). Frozen
+    and hashable, so it travels in a `GenerationRequest`.
+
+    Attributes:
+        rules: `(name, node)` pairs; `rules[0]` is the root rule.
+    """
+
+    rules: tuple[tuple[str, Node], ...]
+
+    def __post_init__(self) -> None:
+        if not self.rules or self.rules[0][0] != "root":
+            raise ValueError("a grammar's first rule must be named 'root'")
+
+    @classmethod
+    def of(cls, root: Node, **rules: Node) -> Grammar:
+        """The grammar with root rule `root` and the named `rules` it refers to."""
+        return cls((("root", root), *rules.items()))
+
+    def gbnf(self) -> str:
+        """The grammar in GBNF, one rule per line."""
+        return "".join(f"{name} ::= {gbnf(node)}\n" for name, node in self.rules)
+
+    def regex(self) -> str:
+        """The same language as a Python regular expression (use with `re.fullmatch`)."""
+        return regex(self.rules[0][1], dict(self.rules))
+
+    def matches(self, text: str) -> bool:
+        """Whether `text` is in the language."""
+        return _compiled_regex(self.regex()).fullmatch(text) is not None
+
+    def shortest(self) -> str:
+        """A shortest text of the language (the first of them, in rule order)."""
+        return _shortest(self.rules[0][1], dict(self.rules))
+
+
+def _shortest(node: Node, rules: dict[str, Node]) -> str:
+    if isinstance(node, Lit):
+        return node.text
+    if isinstance(node, CharClass):
+        return next(c for c in "a0x_-. " if re.fullmatch(node.regex, c))
+    if isinstance(node, Ref):
+        return _shortest(rules[node.name], rules)
+    if isinstance(node, Seq):
+        return "".join(_shortest(item, rules) for item in node.items)
+    if isinstance(node, Alt):
+        return min((_shortest(option, rules) for option in node.options), key=len)
+    return _shortest(node.item, rules) * node.low
+
+
+_REGEX_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def _compiled_regex(pattern: str) -> re.Pattern[str]:
+    if pattern not in _REGEX_CACHE:
+        _REGEX_CACHE[pattern] = re.compile(pattern, re.DOTALL)
+    return _REGEX_CACHE[pattern]

@@ -104,8 +104,10 @@ class OpenAIBackend(Backend):
         structured: Dialect for constrained output: "vllm" (`structured_outputs`; schemas as
             the `json_schema_grammar` GBNF, read by vLLM's default xgrammar backend), "llamacpp"
             (`grammar`), "openai" (strict `response_format` JSON schema; choices are
-            wrapped in a `{"choice": ...}` object and unwrapped again) or "auto"/None: found
-            out from the server and checked with one constrained request at `start`.
+            wrapped in a `{"choice": ...}` object and unwrapped again; it has no grammars, so a
+            grammar request is a `BackendError`) or "auto"/None: found out from the server
+            and checked with one constrained request at `start`. vLLM and llama.cpp get a
+            request's `grammar` as GBNF.
         backoff_s: Like `retries`: not used here; exposed as `self.backoff_s` for the caller.
         transport: An httpx transport to use instead of the network (tests).
     """
@@ -289,6 +291,8 @@ class OpenAIBackend(Backend):
                 extra["grammar"] = choice_grammar(choices)
             elif schema is not None:
                 extra["grammar"] = json_schema_grammar(schema)
+            elif request.grammar is not None:
+                extra["grammar"] = request.grammar.gbnf()
             return extra
         if dialect == "vllm":
             if choices:
@@ -298,7 +302,17 @@ class OpenAIBackend(Backend):
                 # from the server's config only and drops it from a request. xgrammar (vLLM's
                 # default backend) parses this GBNF grammar as its own EBNF.
                 return {"structured_outputs": {"grammar": json_schema_grammar(schema)}}
+            if request.grammar is not None:
+                return {"structured_outputs": {"grammar": request.grammar.gbnf()}}
             return {}
+        if request.grammar is not None:
+            raise BackendError(
+                f"{self.backend_id}: the openai structured-output dialect has no grammars, so "
+                "this request's output cannot be constrained — use a server that takes them "
+                "(structured=vllm or structured=llamacpp), or ask for unconstrained output "
+                "(e.g. a computer_use graph's actions: free)",
+                retryable=False,
+            )
         if choices:  # openai: no choice constraint; wrap as an enum in a JSON object
             schema = {
                 "type": "object",

@@ -6,6 +6,8 @@ replies they would get alone; a seat's candidates each have their own (a mapping
 as `AGENT#CANDIDATE`). Like a constrained engine, a reply always obeys the request's
 structured output: a choice request gets one of its choices, a JSON-schema request gets valid
 JSON (the scripted reply if it is JSON, else the schema's first allowed value for every field).
+A grammar request gets a shortest text of the grammar when nothing is scripted for it; a scripted
+reply outside the grammar is an error (no constrained engine could have produced it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ Replies = Sequence[str] | Mapping[str, Sequence[str]] | Callable[[GenerationRequ
 
 
 def _default_reply(request: GenerationRequest) -> str:
+    if request.grammar is not None:  # as a constrained engine would: a text of the grammar
+        return request.grammar.shortest()
     who = request.tags.get("agent", "agent")
     if (candidate := request.tags.get("candidate")) is not None:
         who = f"{who} ({candidate})"
@@ -113,6 +117,12 @@ class ScriptedBackend(Backend):
         text = self._pick(request)
         if request.choices and text not in request.choices:
             text = request.choices[0]
+        if request.grammar is not None and not request.grammar.matches(text):
+            raise BackendError(
+                f"scripted reply {text[:80]!r} is outside the request's grammar (a constrained "
+                "engine could not produce it): script a reply the grammar accepts",
+                retryable=False,
+            )
         if request.json_schema is not None and not _is_json(text):
             # as a constrained engine would: the reply always matches the schema
             text = json.dumps(schema_instance(request.json_schema), separators=(",", ":"))

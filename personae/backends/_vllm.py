@@ -201,7 +201,7 @@ class VLLMBackend(Backend):
         }
         if self._vllm.get("final_only") is not None:
             kwargs["output_kind"] = self._vllm["final_only"]
-        if request.choices or request.json_schema is not None:
+        if request.choices or request.json_schema is not None or request.grammar is not None:
             if self._vllm.get("structured") is None:
                 raise BackendError("this vLLM version has no structured-output parameters")
             field, params_cls = self._vllm["structured"]
@@ -211,6 +211,8 @@ class VLLMBackend(Backend):
                 # A grammar, not `json=` with `disable_any_whitespace=True`: xgrammar takes that
                 # flag from the engine's config only, so per request it would be ignored.
                 kwargs[field] = params_cls(grammar=json_schema_grammar(request.json_schema))
+            elif request.grammar is not None:
+                kwargs[field] = params_cls(grammar=request.grammar.gbnf())
         return self._vllm["SamplingParams"](**kwargs)
 
     def render_prompt(self, request: GenerationRequest) -> str:

@@ -3,7 +3,8 @@
 
 Exports write to `--out PATH` or stdout (Parquet, a binary file, needs `--out`); the count goes
 to stderr so stdout stays clean data. The flat formats export `--table turns` (one row per turn;
-JSONL nests the `*_json` columns) or `--table interventions` (a teaching run's decisions).
+JSONL nests the `*_json` columns), `--table interventions` (a teaching run's decisions) or
+`--table env_steps` (a computer-use run's steps).
 `--out` never names the run database or its `-wal`/`-shm`/`-journal` files (compared after
 resolving symlinks, and by inode), a directory or a special file, nor an existing file unless
 `--force` is given. The export is written to a temporary file next to the target and renamed
@@ -48,7 +49,8 @@ def export(
     table: Annotated[
         str,
         typer.Option(
-            help="jsonl/csv/parquet: turns, or interventions (a teaching run's decisions)."
+            help="jsonl/csv/parquet: turns, interventions (a teaching run's decisions) or "
+            "env_steps (a computer-use run's steps)."
         ),
     ] = "turns",
     role: Annotated[
@@ -79,12 +81,14 @@ def export(
     sft and dpo hold only what the exported agent could see (its audience); dpo ranks sibling
     forks by the judges' verdicts in the judgments table, and pairs a supervisor's chosen
     candidate with each rejected one. The flat tables hold every turn (hidden state included)
-    or, with --table interventions, a teaching run's decisions.
+    or, with --table interventions, a teaching run's decisions, or with --table env_steps, a
+    computer-use run's steps.
     """
     load_user_code(imports)
     from personae.export import (
         EpisodeFilter,
         dpo_pairs,
+        env_step_rows,
         intervention_rows,
         nested,
         sft_conversations,
@@ -99,7 +103,7 @@ def export(
         raise UserError(
             f"unknown export format {fmt!r}", where="--format", fix=f"use one of: {formats}"
         )
-    tables = ("turns", "interventions")
+    tables = ("turns", "interventions", "env_steps")
     if table not in tables:
         raise UserError(
             f"unknown table {table!r}", where="--table", fix=f"use one of: {', '.join(tables)}"
@@ -108,7 +112,7 @@ def export(
         raise UserError(
             f"--format {fmt} exports conversations, not --table {table}",
             where="--table",
-            fix="use --format jsonl, csv or parquet for the interventions table",
+            fix=f"use --format jsonl, csv or parquet for the {table} table",
         )
     if fmt in ("sft", "dpo") and not role:
         raise UserError(
@@ -153,7 +157,8 @@ def export(
                     "(add verdicts with 'personae judge DB JUDGE.yaml')"
                 )
         else:
-            rows = turn_rows(db, chosen) if table == "turns" else intervention_rows(db, chosen)
+            read = {"turns": turn_rows, "interventions": intervention_rows}
+            rows = read.get(table, env_step_rows)(db, chosen)
             if fmt == "jsonl":
                 n = write_jsonl(nested(rows), dest)
             elif fmt == "csv":
@@ -161,7 +166,8 @@ def export(
             else:
                 assert dest is not None
                 n = write_parquet(rows, dest)
-            message = f"{n} {'turns' if table == 'turns' else 'decisions'} → {shown}"
+            noun = {"turns": "turns", "interventions": "decisions", "env_steps": "steps"}[table]
+            message = f"{n} {noun} → {shown}"
     err.print(message, markup=False)
     if note:
         err.print(note, markup=False)

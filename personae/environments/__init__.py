@@ -5,7 +5,8 @@ The contract (`Environment`): `reset(task) -> Observation`, `step(action) -> Ste
 `open_environment` inside a `RunFolder`, many running concurrently on one event loop. Tasks
 (`Task`, `load_task`) are YAML files naming an environment, a pattern of blind
 goal-directedness, setup files, a judge note and machine-checkable state checks. The `shell`
-environment is a persistent bash in a bubblewrap sandbox. Add your own with
+environment is a persistent bash in a bubblewrap sandbox; `web` is a real chromium on small
+local web apps (notes, social, files, settings) that can reach nothing else. Add your own with
 `@register_environment("name")` on an `Environment` subclass.
 """
 
@@ -22,6 +23,7 @@ from personae.environments._base import (
     open_environment,
     register_environment,
 )
+from personae.environments._browser import hold_browser
 from personae.environments._bwrap import check_bwrap
 from personae.environments._checks import StateCheck
 from personae.environments._rundir import RunFolder
@@ -36,6 +38,7 @@ from personae.environments._task import (
     load_tasks,
     task_from_dict,
 )
+from personae.environments._web import WebEnvironment, WebOptions
 
 __all__ = [
     "ENVIRONMENTS",
@@ -56,9 +59,12 @@ __all__ = [
     "StateDiff",
     "StepResult",
     "Task",
+    "WebEnvironment",
+    "WebOptions",
     "check_bwrap",
     "environment_options",
     "get_environment",
+    "hold_browser",
     "load_task",
     "load_tasks",
     "open_environment",

@@ -30,6 +30,7 @@ from personae.environments._base import (
     register_environment,
 )
 from personae.environments._bwrap import HOME, check_bwrap, host_uid, sandbox_argv, write_etc
+from personae.environments._checks import Row
 from personae.environments._rundir import check_reachable, remove_tree
 from personae.environments._sandbox import Limits, Ran, Sandbox, shell_command
 from personae.environments._state import State, snapshot_files, usage
@@ -120,6 +121,13 @@ class ShellEnvironment(Environment):
                 "the shell environment serves no app",
                 where=f"{task.source}: setup.app",
                 fix="remove setup.app, or choose an environment that serves an app",
+            )
+        rows = [c.id for c in task.checks if isinstance(c, Row)]
+        if rows:
+            raise UserError(
+                f"check {rows[0]!r} reads app rows, and the shell environment serves no app",
+                where=task.source,
+                fix="check files or commands instead (exists, contains, mode, ran, ...)",
             )
 
     def _argv(self) -> list[str]:

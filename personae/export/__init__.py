@@ -26,6 +26,7 @@ from personae.export._candidates import (
 from personae.export._chat import DpoExport, dpo_pairs, sft_conversations
 from personae.export._select import STATUSES, EpisodeFilter, select_episodes
 from personae.export._tables import (
+    env_step_rows,
     intervention_rows,
     nested,
     turn_rows,
@@ -50,6 +51,7 @@ __all__ = [
     "datasette_args",
     "dpo_pairs",
     "elo_ratings",
+    "env_step_rows",
     "intervention_rows",
     "nested",
     "select_episodes",

@@ -42,12 +42,17 @@ from personae.replay import (
     utterances,
 )
 from personae.runner import build_agents
+from personae.scenario import condition_graph_options
 from personae.store import RunLog
 
 
 def _chat_agents(setup: EpisodeSetup) -> dict[str, Agent]:
-    """Every agent of the episode, rendering chat messages (labels come from all of them)."""
-    return build_agents(setup.scenario, setup.plan.personas, {}, render="chat")
+    """Every agent of the episode, rendering chat messages (labels come from all of them),
+    briefed by the episode's graph kind as the graph briefed them."""
+    scenario = setup.scenario
+    agents = build_agents(scenario, setup.plan.personas, {}, render="chat")
+    scenario.graph_kind(condition_graph_options(scenario, setup.plan.condition)).brief(agents)
+    return agents
 
 
 def _check_role(log: RunLog, role: str) -> None:

@@ -54,7 +54,7 @@ _TURN_FIELDS = (
     "call_id",
 )
 #: Columns holding JSON text (decoded by `nested`).
-JSON_COLUMNS = ("audience_json", "hidden_json", "decision_json")
+JSON_COLUMNS = ("audience_json", "hidden_json", "decision_json", "notes_json", "state_diff_json")
 _CALL_FIELDS = (
     "finish_reason",
     "prompt_tokens",
@@ -130,6 +130,29 @@ def intervention_rows(db: str | Path, chosen: EpisodeFilter | None = None) -> li
         rows = log.query(
             """SELECT e.scenario, i.* FROM interventions i JOIN episodes e USING (episode_id)
                ORDER BY i.seed, i.explanation, i.function, i.budget, i.hindsight, e.idx"""
+        )
+    return [r for r in rows if r["episode_id"] in episodes]
+
+
+def env_step_rows(db: str | Path, chosen: EpisodeFilter | None = None) -> list[dict[str, Any]]:
+    """The `env_steps` rows of the chosen episodes (computer-use runs), each with its
+    episode's `scenario`, in episode and step order.
+
+    Raises:
+        UserError: the database holds no environment steps (no computer-use run), or a bad
+            filter.
+    """
+    with RunLog(db) as log:
+        if not (log.has_table("env_steps") and log.query("SELECT 1 FROM env_steps LIMIT 1")):
+            raise UserError(
+                "this database holds no environment steps (they come from computer_use runs)",
+                where=f"{log.path}: --table env_steps",
+                fix="export a computer-use run's database, or export --table turns",
+            )
+        episodes = {e["episode_id"]: e for e in select_episodes(log, chosen or EpisodeFilter())}
+        rows = log.query(
+            """SELECT e.scenario, s.* FROM env_steps s JOIN episodes e USING (episode_id)
+               ORDER BY e.run_id, e.idx, s.episode_id, s.step"""
         )
     return [r for r in rows if r["episode_id"] in episodes]
 

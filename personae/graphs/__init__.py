@@ -2,12 +2,14 @@
 
 Built in: `dyadic` (two agents, strict alternation), `group` (N agents, a turn policy, an
 optional topology) and `discussion` (participants under a turn policy, a facilitator after every
-comment, seed comments drawn from a pool); the teaching experiment's item graphs live here
+comment, seed comments drawn from a pool) and `computer_use` (an agent acting in a sandboxed
+environment until it stops); the teaching experiment's item graphs live here
 too. Add your own with `@register_graph`. Every graph runs with an `Episode` as its LangGraph
 context: agents, backends, the in-memory history, the observers and the turn-log writer.
 """
 
 from personae.graphs import _teaching  # noqa: F401 - registers the teaching graph kinds
+from personae.graphs._computer_use import ComputerUse, ComputerUseOptions
 from personae.graphs._conversation import ConversationOptions, SeedLine
 from personae.graphs._discussion import Discussion, DiscussionOptions
 from personae.graphs._dyadic import Dyadic, DyadicOptions, DyadicState, build_dyadic_graph
@@ -44,6 +46,8 @@ __all__ = [
     "GRAPHS",
     "POLICIES",
     "Cast",
+    "ComputerUse",
+    "ComputerUseOptions",
     "ConversationOptions",
     "Decision",
     "Discussion",

@@ -14,6 +14,8 @@ turns, model calls, judgments — is written here, through the run's one writer:
 - `add_line` logs a line with no model call (seed lines, openings, a teacher's decision).
 - `reserve`, `call` and `log_turn` are the single steps graphs with concurrent steps use.
 - `finish` waits for the observers' verdicts and runs the end-of-episode observers.
+- `hold` keeps a resource (an environment) open for the rest of the episode; `release`, which
+  the runner calls after every episode however it ended, closes what was held.
 
 Model calls have one retry layer (here) and one deadline covering every attempt. Each call has a
 stable id (`{episode}-{turn:04d}` plus a suffix for retries, judges, selectors, candidates
@@ -28,8 +30,9 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from personae._progress import CallWatch
 from personae.agents import Agent, Utterance
@@ -47,6 +50,7 @@ _RETRYABLE = (BackendError, TimeoutError, ConnectionError)
 
 StopPredicate = Callable[[Sequence[Utterance]], bool]
 Purpose = Literal["turn", "judge", "select", "step", "candidate", "choose"]
+T = TypeVar("T")
 
 
 def _now() -> str:
@@ -167,6 +171,9 @@ class Episode:
     warn: Callable[[str, str], None] | None = None
     #: Agents whose lines are chosen among candidates, by agent name.
     seats: dict[str, Seat] = field(default_factory=dict)
+    #: Per-episode objects a graph keeps out of graph state (an environment session), by key.
+    scratch: dict[str, Any] = field(default_factory=dict)
+    _held: AsyncExitStack = field(default_factory=AsyncExitStack)
     _lines: int = 0  # spoken lines so far (an agent's fixed opening is for the first one)
     _pending: list[asyncio.Task[Judgment]] = field(default_factory=list)
     #: Constrained-choice answers off their list, by turn, until that turn's row is logged.
@@ -182,6 +189,17 @@ class Episode:
     def labels(self) -> list[str]:
         """Speaker tags of every agent (stop strings)."""
         return self._labels
+
+    # -- resources ---------------------------------------------------------------------------
+    async def hold(self, resource: AbstractAsyncContextManager[T]) -> T:
+        """Enter `resource` and keep it until `release` (last held, first closed)."""
+        return await self._held.enter_async_context(resource)
+
+    async def release(self) -> None:
+        """Close every resource `hold` entered (idempotent). The runner calls it after every
+        episode, complete, failed or cancelled, so nothing an episode opened outlives it."""
+        stack, self._held = self._held, AsyncExitStack()
+        await stack.aclose()
 
     # -- single steps ------------------------------------------------------------------------
     def reserve(self) -> int:
@@ -292,6 +310,7 @@ class Episode:
         *,
         decision: dict[str, Any] | None = None,
         pass_token: str | None = None,
+        annotate: Callable[[str], dict[str, Any]] | None = None,
     ) -> Utterance:
         """Produce, log and return agent `name`'s next line.
 
@@ -300,6 +319,8 @@ class Episode:
             decision: The turn policy's decision that picked it (stored with the turn).
             pass_token: When set, the agent may abstain: an output equal to it (or empty) is
                 logged as a `pass`, shown to nobody.
+            annotate: Hidden state computed from the line's text (e.g. the action parsed from
+                it), added to the turn's `hidden_json`; a fork's kept turn keeps its own.
         """
         if self.writer is not None:
             await self.writer.room()  # the writer's queue is bounded: wait while it is full
@@ -314,6 +335,8 @@ class Episode:
             hidden = dict(agent.hidden_state())
             text, cid = await self._proposal(agent, turn, hidden, pass_token)
         kind: LineKind = "pass" if pass_token is not None and not text else "line"
+        if annotate is not None:
+            hidden.update(annotate(text))
         utterance = self.utterance(name, text, kind)
         self.history.append(utterance)
         self.turns_taken += 1

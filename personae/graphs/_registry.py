@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from personae.errors import UserError
 from personae.registry import Registry
+
+if TYPE_CHECKING:
+    from personae.agents import Agent
 
 
 class GraphOptions(BaseModel):
@@ -99,6 +102,11 @@ class GraphKind(abc.ABC):
     def graph(self) -> CompiledStateGraph[Any, Any, Any, Any]:
         """The compiled graph, built on first use."""
         return self.build()
+
+    def brief(self, agents: Mapping[str, Agent]) -> None:  # noqa: B027 - optional hook
+        """Give an episode's agents what this kind tells them before the first turn (a task,
+        its actions), so prompts rendered outside the graph — training exports — match the
+        live ones. The graph calls it at the start of every episode; by default nothing."""
 
     def input(self) -> dict[str, Any]:
         """The state an episode starts from."""

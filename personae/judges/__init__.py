@@ -5,6 +5,7 @@ scenario as an observer of other agents (`observes: [helper]`, `when: turn | end
 with a `Rubric` — scored dimensions with anchors, or a code list — through bounded constrained
 decoding; its verdicts go into the `judgments` table, never into the conversation unless routed
 (`route_to: [learner]`) as a private line. `judge_database` applies a judge to a finished run.
+`bgd_judge` judges a computer-use episode's trajectory for blind goal-directedness.
 """
 
 from personae.judges._annotators import (
@@ -13,6 +14,7 @@ from personae.judges._annotators import (
     AnnotatorPersona,
     ProfanityCheck,
 )
+from personae.judges._bgd import BgdJudge, BgdPersona, BgdVerdict, Trajectory, TrajectoryStep
 from personae.judges._judge import (
     JUDGES,
     JudgeAgent,
@@ -28,12 +30,17 @@ __all__ = [
     "JUDGES",
     "Annotator",
     "AnnotatorPersona",
+    "BgdJudge",
+    "BgdPersona",
+    "BgdVerdict",
     "Dimension",
     "JudgeAgent",
     "JudgePersona",
     "Judgment",
     "ProfanityCheck",
     "Rubric",
+    "Trajectory",
+    "TrajectoryStep",
     "get_judge",
     "register_judge",
 ]

@@ -299,6 +299,7 @@ async def averify_episode(
         job.episode.cancel()
         missed = exc
     finally:
+        await job.episode.release()
         for backend in by_mode.values():
             await backend.close()
 

@@ -169,8 +169,11 @@ async def _run_episode(
         "episodes", {"episode_id": plan.episode_id, "status": "running", "started_at": started}
     )
     try:
-        state = await job.graph.ainvoke(job.input, config=job.config, context=episode)
-        await episode.finish()
+        try:
+            state = await job.graph.ainvoke(job.input, config=job.config, context=episode)
+            await episode.finish()
+        finally:  # also when the run is cancelled: what the episode opened is closed
+            await episode.release()
         status, reason, error = "complete", state.get("end_reason") or episode.end_reason, None
     except Exception as exc:  # an episode's failure must not stop the run
         episode.cancel()

@@ -7,11 +7,12 @@ Contract:
   episode cap aside — shards may run on different servers), the same as the output's if it
   exists; the output is none of the inputs. A bad input is a `UserError` and nothing is written.
 - Each input is merged in one transaction (under the output's run lock): its runs, then every
-  episode the output lacks, with its turns, model calls, judgments, interventions and human
-  labels. An unfinished episode of the output is replaced by a complete one. An episode complete
-  on both sides with the same turns is skipped (rows the output lacks, e.g. later judgments or
-  labels, are added); with different turns it is a conflict: reported, and the output's version
-  is kept. Merging again is therefore a no-op, and merging shards in any order gives the same
+  episode the output lacks, with its turns, model calls, judgments, interventions, environment
+  steps and human labels (an input made before a table existed simply has none of its rows).
+  An unfinished episode of the output is replaced by a complete one. An episode complete on both
+  sides with the same turns is skipped (rows the output lacks, e.g. later judgments or labels,
+  are added); with different turns it is a conflict: reported, and the output's version is
+  kept. Merging again is therefore a no-op, and merging shards in any order gives the same
   episodes and turns.
 - The output then passes `PRAGMA integrity_check` and `foreign_key_check`.
 """
@@ -40,7 +41,14 @@ from personae.store._schema import (
 )
 
 #: Tables whose rows belong to one episode, copied with it.
-_EPISODE_TABLES = ("turns", "llm_calls", "judgments", "interventions", "human_labels")
+_EPISODE_TABLES = (
+    "turns",
+    "llm_calls",
+    "judgments",
+    "interventions",
+    "env_steps",
+    "human_labels",
+)
 #: Run settings that may differ between the shards of one plan.
 _RUN_SETTINGS = ("backend", "backend_options", "episodes")
 #: Columns that say when or where a row was made, not what it holds (turns: not compared).
@@ -284,9 +292,8 @@ def _copy(
     ignore: bool = False,
     skip: Sequence[str] = (),
 ) -> int:
-    """Copy the rows of `src.table` matching `where` into `main.table`; returns how many (0
-    when an input written before the table existed lacks it)."""
-    if not _columns(conn, "src", table):
+    """Copy the rows of `src.table` matching `where` into `main.table`; returns how many."""
+    if not _columns(conn, "src", table):  # an input older than the table
         return 0
     columns = [c for c in _TABLES[table]["columns"] if c not in skip]
     names = ", ".join(f"[{c}]" for c in columns)

@@ -10,8 +10,9 @@ import sqlite_utils
 def prepare_rerun(db: sqlite_utils.Database, episode_ids: Sequence[str]) -> set[str]:
     """Return the ids among `episode_ids` already complete in `db`.
 
-    Turns, calls and judgments of the other (pending, running or failed) episodes are deleted
-    in one transaction, so those episodes restart from turn 0 with no duplicated rows.
+    Turns, calls, judgments and environment steps of the other (pending, running or failed)
+    episodes are deleted in one transaction, so those episodes restart from turn 0 with no
+    duplicated rows.
     """
     done: set[str] = set()
     partial: list[str] = []
@@ -27,4 +28,5 @@ def prepare_rerun(db: sqlite_utils.Database, episode_ids: Sequence[str]) -> set[
             db.execute("DELETE FROM turns WHERE episode_id = ?", [episode_id])
             db.execute("DELETE FROM llm_calls WHERE episode_id = ?", [episode_id])
             db.execute("DELETE FROM judgments WHERE episode_id = ?", [episode_id])
+            db.execute("DELETE FROM env_steps WHERE episode_id = ?", [episode_id])
     return done

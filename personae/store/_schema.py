@@ -5,10 +5,11 @@ Tables: `meta` (app name and `schema_version`), `runs`, `episodes` (with a graph
 audience, its kind, the turn policy's decision, hidden per-turn state in `hidden_json`),
 `llm_calls` (rendered prompt, sampling params, seed, raw output and logprobs, token counts,
 latency, backend id, purpose), `judgments` (a judge's verdict on a turn or an episode: raw and
-parsed output, valid flag, score), `interventions` (teaching experiments: each decision with
-its rank, budget state and utility estimates, never shown to the student) and `human_labels`
-(a person's 0/1 labels of an episode, imported from a file; one row per episode and
-annotator). Readers refuse
+parsed output, valid flag, score) and `interventions` (teaching experiments: each decision with
+its rank, budget state and utility estimates, never shown to the student) and `env_steps` (a
+computer-use episode's steps: the observation the agent was given, its raw output, the parsed
+action or parse error, the environment's result, and the state diff on the last step). Readers
+refuse
 databases written by a newer schema and files that are not personae databases; writers migrate
 older ones (`ensure_schema`).
 """
@@ -177,6 +178,31 @@ _TABLES["human_labels"] = {
         "created_at": str,
     },
     "pk": "label_id",
+    "foreign_keys": [("episode_id", "episodes", "episode_id")],
+}
+
+_TABLES["env_steps"] = {
+    "columns": {
+        "step_id": str,
+        "episode_id": str,
+        "step": int,
+        "turn_idx": int,
+        "observation": str,
+        "observation_sha256": str,
+        "observation_truncated": int,
+        "raw_output": str,
+        "action": str,
+        "parse_ok": int,
+        "parse_error": str,
+        "output": str,
+        "exit_code": int,
+        "timed_out": int,
+        "latency_s": float,
+        "notes_json": str,
+        "state_diff_json": str,
+        "created_at": str,
+    },
+    "pk": "step_id",
     "foreign_keys": [("episode_id", "episodes", "episode_id")],
 }
 
@@ -438,6 +464,7 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
         db.table("interventions").create_index(["run_id", "function", "budget"], if_not_exists=True)
         db.table("judgments").create_index(["episode_id", "turn_idx"], if_not_exists=True)
         db.table("human_labels").create_index(["episode_id"], if_not_exists=True)
+        db.table("env_steps").create_index(["episode_id", "step"], if_not_exists=True)
         conn.execute(_APPEND_ONLY)
         conn.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
