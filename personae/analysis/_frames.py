@@ -6,7 +6,8 @@ and kept. Columns are the turn log's, with its integer columns as nullable `Int6
 
 - `episodes`: the condition flattened to `AGENT.FIELD` columns (`facilitator.strategy`) and
   top-level keys (`repeat`); `condition_json`, `personas_json` and `outcome_json` are kept.
-- `turns`, `calls`, `judgments`, `env_steps`: the episode's `run_id` first.
+- `turns`, `calls`, `judgments`, `env_steps`, `labels` (`human_labels`): the episode's `run_id`
+  first.
 - `judgments`: one column per key of `parsed_json` (`toxicity`, `argument_quality`,
   `rationale`; NaN where a verdict lacks it or is invalid).
 
@@ -32,7 +33,16 @@ from personae.store._schema import readonly_uri, table_columns
 _DTYPES = {int: "Int64", float: "float64", str: "str"}
 
 #: The frames a `Frames` offers, in the order a reader meets them.
-TABLES = ("runs", "episodes", "turns", "calls", "judgments", "interventions", "env_steps")
+TABLES = (
+    "runs",
+    "episodes",
+    "turns",
+    "calls",
+    "judgments",
+    "interventions",
+    "env_steps",
+    "labels",
+)
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,11 @@ class Frames:
     def env_steps(self) -> pd.DataFrame:
         """One row per computer-use step (observation given, raw output, action, result)."""
         return self._per_episode("env_steps", "s", "s.step")
+
+    @cached_property
+    def labels(self) -> pd.DataFrame:
+        """One row per person's label of an episode (`human_labels`; empty when none)."""
+        return self._per_episode("human_labels", "h", "h.annotator")
 
 
 def _mapping(value: object) -> dict[str, Any]:

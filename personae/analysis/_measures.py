@@ -6,6 +6,7 @@ the data cannot support it, and, where useful, says why.
 - `jensen_shannon`: divergence (base 2, in [0, 1]) between two samples' Gaussian kernel density
   estimates on a grid over [0, 1].
 - `krippendorff_alpha`: ordinal agreement of a raters x units matrix (NaN: not rated).
+- `agreement`: the share of paired yes/no verdicts that agree, and Cohen's kappa of the pairs.
 """
 
 from __future__ import annotations
@@ -88,3 +89,20 @@ def krippendorff_alpha(matrix: np.ndarray) -> float:
         return math.nan
     with np.errstate(invalid="ignore", divide="ignore"):  # no expected disagreement: NaN
         return float(krippendorff.alpha(reliability_data=m, level_of_measurement="ordinal"))
+
+
+def agreement(a: Sequence[bool], b: Sequence[bool]) -> tuple[float, float]:
+    """Share of the pairs `(a[i], b[i])` that agree, and their Cohen's kappa (statsmodels, on
+    the 2 x 2 table); (NaN, NaN) with no pairs, kappa NaN when chance agreement is 1 (both
+    sides always said the same one thing)."""
+    from statsmodels.stats.inter_rater import cohens_kappa
+
+    x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if x.size != y.size:
+        raise ValueError("agreement needs pairs: the two sequences differ in length")
+    if x.size == 0:
+        return math.nan, math.nan
+    table = np.array([[np.sum(x & y), np.sum(x & ~y)], [np.sum(~x & y), np.sum(~x & ~y)]])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kappa = float(cohens_kappa(table, return_results=False))
+    return float(np.mean(x == y)), kappa

@@ -4,6 +4,7 @@ experiment | analyze | merge | train | ccd`)."""
 from personae.cli import (  # noqa: F401 - registers the commands
     _analyze,
     _candidates,
+    _computer_use,
     _experiment,
     _export,
     _judge,

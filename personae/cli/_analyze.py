@@ -56,7 +56,16 @@ def _column(name: str, digits: int = 2) -> Callable[[Any], str]:
 
 
 #: Columns of names, not numbers (left-aligned).
-_NAMES = {"strategy", "intent", "term", "dimension", "least agreeing pair"}
+_NAMES = {
+    "strategy",
+    "intent",
+    "term",
+    "dimension",
+    "least agreeing pair",
+    "model",
+    "pattern",
+    "prompting",
+}
 
 
 def _table(title: str, frame: pd.DataFrame, columns: dict[str, Callable[[Any], str]]) -> Table:

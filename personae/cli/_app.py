@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ from personae.errors import UserError
 from personae.store._labels import condition_text as _condition_text
 from personae.store._labels import speaker_text
 from personae.store._labels import verdict_text as _verdict
+
+if TYPE_CHECKING:
+    from personae.runner import RunResult
 
 #: `--import MODULE_OR_FILE`, repeatable, on every command: user code registering roles, graph
 #: kinds, turn policies, judges, backends or intervention functions.
@@ -156,8 +159,39 @@ def run(
     Exits 1 when some episodes failed (the run is recorded as partial or failed), 130 when
     interrupted (the resume command is printed).
     """
-    from personae.runner import run as run_scenario
     from personae.seeds import parse_seed
+
+    result = start_run(
+        scenario,
+        imports=imports,
+        quiet=quiet,
+        episodes=episodes,
+        backend=backend,
+        db=db,
+        seed=parse_seed(seed, "--seed") if seed is not None else None,
+        concurrency=concurrency,
+        cache=cache,
+        resume=resume,
+        plan_limit=plan_limit,
+        trust_backend=trust_backend,
+        repeats=repeats,
+        settings=settings or (),
+        shard=shard,
+        executor=executor,
+        address=address,
+        workers=workers,
+    )
+    out.print(result.line(), markup=False)
+    exit_if_failed(result)
+
+
+def start_run(
+    scenario: str | None, *, imports: list[str] | None, quiet: bool, **options: Any
+) -> RunResult:
+    """Run `scenario` through the one runner (`personae.runner.run` with `options`) as
+    `personae run` does: the database announced, a progress bar unless `quiet`, notes on
+    stderr; interrupted, it says how to resume and exits 130."""
+    from personae.runner import run as run_scenario
 
     load_user_code(imports)
     started: list[Path] = []
@@ -167,37 +201,26 @@ def run(
         out.print(f"database: {path}", markup=False)
 
     try:
-        result = run_scenario(
+        return run_scenario(
             scenario,
-            episodes=episodes,
-            backend=backend,
-            db=db,
-            seed=parse_seed(seed, "--seed") if seed is not None else None,
-            concurrency=concurrency,
             progress=not quiet,
-            cache=cache,
-            resume=resume,
             announce=announce,
-            plan_limit=plan_limit,
-            trust_backend=trust_backend,
             notify=lambda line: err.print(line, markup=False),
-            repeats=repeats,
-            settings=settings or (),
-            shard=shard,
-            executor=executor,
-            address=address,
-            workers=workers,
+            **options,
         )
     except KeyboardInterrupt:
         if started:
-            again = " --executor ray" if executor == "ray" else ""
+            again = " --executor ray" if options.get("executor") == "ray" else ""
             err.print(
                 f"interrupted: complete episodes are saved; resume with: "
                 f"personae run --resume {started[0]}{again}",
                 markup=False,
             )
         raise typer.Exit(130) from None
-    out.print(result.line(), markup=False)
+
+
+def exit_if_failed(result: RunResult) -> None:
+    """Say how to see and retry failed episodes, and exit 1, if some of `result`'s failed."""
     if result.failed:
         err.print(
             f"{result.failed} of {result.episodes} episodes failed (run {result.status}); see "

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 experiment = typer.Typer(
     name="experiment",
-    help="Experiment sweeps (teacher-student budgets).",
+    help="Experiment sweeps (teacher-student budgets, computer use).",
     no_args_is_help=True,
 )
 app.add_typer(experiment)

@@ -280,7 +280,7 @@ def _draw_panel(ax: Any, panel: Panel, looks: dict[str, tuple[str, str]]) -> Non
 
 #: Type sizes for a figure a column or a page wide, and fonts a journal accepts (TrueType
 #: embedded in PDF, text kept as text in SVG); a fixed SVG salt keeps its ids stable.
-_RC: Any = {
+RC: Any = {
     "font.size": 8,
     "axes.titlesize": 9,
     "legend.fontsize": 7,
@@ -326,7 +326,7 @@ def teaching_figure(
     )
     caption_in = 0.13 * (caption.count("\n") + 1) + 0.1
     total = height + caption_in + 0.4
-    with plt.rc_context(_RC):
+    with plt.rc_context(RC):
         fig, axes = plt.subplots(len(rows), ncols, figsize=(width, total), squeeze=False)
         for ax_row, row in zip(axes, rows, strict=True):
             for k, ax in enumerate(ax_row):
@@ -361,16 +361,27 @@ def save_plot(
         UserError: an unsupported suffix.
         ValueError: no curves.
     """
-    import matplotlib.pyplot as plt
-
     path = check_plot_path(path, where=str(path))
     fig = teaching_figure(curves, title=title, multi_turn=multi_turn, confidence=confidence)
-    suffix = path.suffix.lower()
-    # no creation dates: the same tables give the same file
-    meta = {".png": {"Software": None}, ".pdf": {"CreationDate": None}, ".svg": {"Date": None}}
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Save the matplotlib figure `fig` at `path` and close it: a .png (300 dpi), .pdf or .svg
+    file in the journal settings of `RC` (folders are created), with no creation date, so the
+    same figure gives the same bytes.
+
+    Raises:
+        UserError: an unsupported suffix.
+    """
+    import matplotlib.pyplot as plt
+
     try:
+        path = check_plot_path(path, where=str(path))
+        suffix = path.suffix.lower()
+        meta = {".png": {"Software": None}, ".pdf": {"CreationDate": None}, ".svg": {"Date": None}}
         path.parent.mkdir(parents=True, exist_ok=True)
-        with plt.rc_context(_RC):
+        with plt.rc_context(RC):
             fig.savefig(path, dpi=FORMATS[suffix] or "figure", metadata=meta[suffix])
     finally:
         plt.close(fig)

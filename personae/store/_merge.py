@@ -7,12 +7,13 @@ Contract:
   episode cap aside — shards may run on different servers), the same as the output's if it
   exists; the output is none of the inputs. A bad input is a `UserError` and nothing is written.
 - Each input is merged in one transaction (under the output's run lock): its runs, then every
-  episode the output lacks, with its turns, model calls, judgments, interventions and
-  environment steps (an input made before a table existed simply has none of its rows). An
-  unfinished episode of the output is replaced by a complete one. An episode complete on both
-  sides with the same turns is skipped (rows the output lacks, e.g. later judgments, are added);
-  with different turns it is a conflict: reported, and the output's version is kept. Merging
-  again is therefore a no-op, and merging shards in any order gives the same episodes and turns.
+  episode the output lacks, with its turns, model calls, judgments, interventions, environment
+  steps and human labels (an input made before a table existed simply has none of its rows).
+  An unfinished episode of the output is replaced by a complete one. An episode complete on both
+  sides with the same turns is skipped (rows the output lacks, e.g. later judgments or labels,
+  are added); with different turns it is a conflict: reported, and the output's version is
+  kept. Merging again is therefore a no-op, and merging shards in any order gives the same
+  episodes and turns.
 - The output then passes `PRAGMA integrity_check` and `foreign_key_check`.
 """
 
@@ -40,7 +41,14 @@ from personae.store._schema import (
 )
 
 #: Tables whose rows belong to one episode, copied with it.
-_EPISODE_TABLES = ("turns", "llm_calls", "judgments", "interventions", "env_steps")
+_EPISODE_TABLES = (
+    "turns",
+    "llm_calls",
+    "judgments",
+    "interventions",
+    "env_steps",
+    "human_labels",
+)
 #: Run settings that may differ between the shards of one plan.
 _RUN_SETTINGS = ("backend", "backend_options", "episodes")
 #: Columns that say when or where a row was made, not what it holds (turns: not compared).

@@ -167,6 +167,20 @@ _TABLES: dict[str, dict[str, Any]] = {
     },
 }
 
+_TABLES["human_labels"] = {
+    "columns": {
+        "label_id": str,
+        "episode_id": str,
+        "annotator": str,
+        "bgd": int,
+        "completion": int,
+        "note": str,
+        "created_at": str,
+    },
+    "pk": "label_id",
+    "foreign_keys": [("episode_id", "episodes", "episode_id")],
+}
+
 _TABLES["env_steps"] = {
     "columns": {
         "step_id": str,
@@ -423,7 +437,8 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
     Version 1 → 2: `turns` gains `kind`, `audience_json` and `decision_json`; `llm_calls`
     `purpose` and `logprobs_json`; `episodes` `stage` and `outcome_json`; `runs` `study`; the
     `judgments` table is new; `interventions` is keyed by a stable `decision_id` (old rows get
-    `legacy-ID`) so a resumed run rewrites its decisions instead of duplicating them.
+    `legacy-ID`) so a resumed run rewrites its decisions instead of duplicating them. Tables
+    added within version 2 (`human_labels`) are created in databases written before them.
     """
     conn = db.conn
     if conn.in_transaction:
@@ -448,6 +463,7 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
         db.table("llm_calls").create_index(["episode_id", "turn_idx"], if_not_exists=True)
         db.table("interventions").create_index(["run_id", "function", "budget"], if_not_exists=True)
         db.table("judgments").create_index(["episode_id", "turn_idx"], if_not_exists=True)
+        db.table("human_labels").create_index(["episode_id"], if_not_exists=True)
         db.table("env_steps").create_index(["episode_id", "step"], if_not_exists=True)
         conn.execute(_APPEND_ONLY)
         conn.executemany(
