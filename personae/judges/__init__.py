@@ -4,7 +4,8 @@ A judge is an agent (role `judge`, or your own registered with `@register_judge`
 scenario as an observer of other agents (`observes: [helper]`, `when: turn | end`). It rates
 with a `Rubric` — scored dimensions with anchors, or a code list — through bounded constrained
 decoding; its verdicts go into the `judgments` table, never into the conversation unless routed
-(`route_to: [learner]`) as a private line. `judge_database` applies a judge to a finished run.
+(`route_to: [learner]`) as a private line. `session_summarizer` writes a session's summary (a
+course's memory of it). `judge_database` applies a judge to a finished run.
 """
 
 from personae.judges._annotators import (
@@ -22,10 +23,12 @@ from personae.judges._judge import (
     register_judge,
 )
 from personae.judges._rubric import Dimension, Rubric
+from personae.judges._summarizer import SUMMARY_FIELDS, SessionSummarizer, SummarizerPersona
 
 __all__ = [
     "BASELINE_RUBRIC",
     "JUDGES",
+    "SUMMARY_FIELDS",
     "Annotator",
     "AnnotatorPersona",
     "Dimension",
@@ -34,6 +37,8 @@ __all__ = [
     "Judgment",
     "ProfanityCheck",
     "Rubric",
+    "SessionSummarizer",
+    "SummarizerPersona",
     "get_judge",
     "register_judge",
 ]

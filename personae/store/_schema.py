@@ -68,6 +68,7 @@ _TABLES: dict[str, dict[str, Any]] = {
             "fork_turn": int,
             "stage": int,
             "outcome_json": str,
+            "context_json": str,
         },
         "pk": "episode_id",
         "foreign_keys": [("run_id", "runs", "run_id")],
