@@ -25,6 +25,7 @@ from conftest import REPO, SCENARIOS, base_scenario, tree_snapshot
 import personae
 from personae.backends import GenerationRequest, ScriptedBackend
 from personae.cli import main
+from personae.export import sft_conversations
 from personae.replay import load_setup
 from personae.scenario import load_scenario, plan_episodes
 from personae.store import RunLog
@@ -183,6 +184,10 @@ def test_what_a_session_was_given_is_stored_with_it_and_replayed(
     with RunLog(db) as log:
         setup = load_setup(log, course[3])
     assert setup.plan.context == context
+    # and a training export shows the counselor the system prompt it had, memory included
+    records = {r["episode_id"]: r for r in sft_conversations(db, "counselor")}
+    system = records[course[3]]["messages"][0]["content"]
+    assert context["counselor"] in system and f"homework-{course[2]}" in system
 
 
 def test_a_run_killed_mid_course_resumes_each_course_at_its_next_session(
@@ -276,11 +281,13 @@ def test_start_stage_and_per_stage_fields(
         ({"per_stage": {"assessment": {"counselor.mood": "x"}}}, {}, "mood"),
         ({"per_stage": {"assessment": {"nobody.name": "x"}}}, {}, "AGENT.FIELD"),
         ({"sessions": 4}, {}, "the stages hold 3 sessions"),
+        ({"stages": [{"name": "a", "sessions": 2}, {"name": "a"}]}, {}, "named twice"),
         ({"summary": "notes"}, {}, "unknown agent 'notes'"),
         ({"summary": "rater"}, {}, "not a summarizer"),
         ({}, {"summarizer": {"when": "turn"}}, "at its end"),
         ({"memory": ["counselr"]}, {}, "unknown agent 'counselr'"),
         ({"client": "rater"}, {}, "not an agent that takes turns"),
+        ({"grid": None}, {}, "AGENT.persona or AGENT.FIELD"),  # stages are not grid values
     ],
 )
 def test_bad_course_blocks_are_one_line_exit_2_and_write_nothing(
@@ -292,7 +299,11 @@ def test_bad_course_blocks_are_one_line_exit_2_and_write_nothing(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    course = dict(course)
+    grid = course.pop("grid", False) is None
     data = course_scenario(**course)
+    if grid:
+        data["grid"] = {"course.start_stage": ["assessment", "intervention"]}
     for name, change in agents.items():
         data["agents"][name].update(change)
     path = write_scenario(data)

@@ -47,7 +47,8 @@ from personae.store import RunLog
 
 def _chat_agents(setup: EpisodeSetup) -> dict[str, Agent]:
     """Every agent of the episode, rendering chat messages (labels come from all of them)."""
-    return build_agents(setup.scenario, setup.plan.personas, {}, render="chat")
+    plan = setup.plan  # given what it was given then (a course session's memory and goal)
+    return build_agents(setup.scenario, plan.personas, {}, render="chat", context=plan.context)
 
 
 def _check_role(log: RunLog, role: str) -> None:
