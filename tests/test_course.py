@@ -346,3 +346,19 @@ def test_a_real_course_of_two_short_sessions_on_the_embedded_model(tmp_path: Pat
     ratings = _rows(db, "SELECT score FROM judgments WHERE judge IN ('alliance_rater', "
                         "'miti_rater') AND valid = 1")  # fmt: skip
     assert all(0 <= r["score"] <= 10 for r in ratings)
+
+
+def test_a_summary_that_does_not_parse_is_recorded_and_said_to_be_missing(
+    write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    data = course_scenario()
+    data["backend_options"] = {"replies": {"summarizer": ['{"themes": "only themes"}']}}
+    db = tmp_path / "unparsed.db"
+    assert personae.run(write_scenario(data), db=db).complete == 6
+    notes = _rows(db, "SELECT valid, error FROM judgments WHERE judge = 'summarizer'")
+    assert len(notes) == 6 and all(n["valid"] == 0 and "client_state" in n["error"] for n in notes)
+    for course in _courses(db).values():
+        third = _prompt(db, course[3], "counselor")
+        assert "Session 1 (assessment): no notes were recorded." in third
+        assert "Session 2 (intervention): no notes were recorded." in third
+        assert "Since last session" not in _prompt(db, course[3], "client")

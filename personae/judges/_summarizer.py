@@ -60,8 +60,18 @@ class SessionSummarizer(JudgeAgent):
     transcript_title = "A supervisor reads a counseling session and writes its case notes."
     #: Its end-of-episode verdict goes into the episode's outcome (`outcome["verdicts"]`).
     in_outcome: ClassVar[bool] = True
-    #: The client's situations whose progress it rates (set per episode by the course).
-    situations: tuple[str, ...] = ()
+    _situations: tuple[str, ...] = ()
+    _models: tuple[Rubric, type[BaseModel]] | None = None
+
+    @property
+    def situations(self) -> tuple[str, ...]:
+        """The client's situations whose progress it rates (set per episode by the course)."""
+        return self._situations
+
+    @situations.setter
+    def situations(self, value: Sequence[str]) -> None:
+        self._situations = tuple(value)
+        self._models = None
 
     @property
     def summarizer(self) -> SummarizerPersona:
@@ -74,14 +84,14 @@ class SessionSummarizer(JudgeAgent):
             return ["progress"]
         return [f"progress_{i}" for i in range(1, len(self.situations) + 1)]
 
-    @property
-    def rubric(self) -> Rubric:
-        """What its judgments are stored under: the progress scales (0-10) it scores."""
-        names = [*self.progress_keys(), *self.situations]
-        if getattr(self, "_rubric_for", None) != names:
-            self._rubric_for = names
-            texts = self.situations or ("the client's difficulties overall",)
-            self._rubric = Rubric(
+    def _progress_texts(self) -> tuple[str, ...]:
+        return self.situations or ("the client's difficulties overall",)
+
+    def _built(self) -> tuple[Rubric, type[BaseModel]]:
+        """The rubric and the reply model for the current situations (built once each)."""
+        if self._models is None:
+            pairs = list(zip(self.progress_keys(), self._progress_texts(), strict=True))
+            rubric = Rubric(
                 id=self.summarizer.rubric_id,
                 rationale=0,
                 dimensions=[
@@ -91,28 +101,31 @@ class SessionSummarizer(JudgeAgent):
                         scale=(0, 10),
                         anchors={0: "no change", 10: "resolved"},
                     )
-                    for k, t in zip(self.progress_keys(), texts, strict=True)
+                    for k, t in pairs
                 ],
             )
-        return self._rubric
+            text = Annotated[str, StringConstraints(max_length=self.summarizer.max_chars)]
+            fields: dict[str, Any] = dict.fromkeys(SUMMARY_FIELDS, (text, ...))
+            for key, _ in pairs:
+                fields[key] = (Literal[tuple(range(11))], ...)
+            model = create_model("SessionSummary", __config__=ConfigDict(extra="forbid"), **fields)
+            self._models = (rubric, model)
+        return self._models
+
+    @property
+    def rubric(self) -> Rubric:
+        """What its judgments are stored under: the progress scales (0-10) it scores."""
+        return self._built()[0]
 
     def output_model(self) -> type[BaseModel]:
         """The pydantic model a summary must validate against."""
-        text = Annotated[str, StringConstraints(max_length=self.summarizer.max_chars)]
-        fields: dict[str, Any] = dict.fromkeys(SUMMARY_FIELDS, (text, ...))
-        for key in self.progress_keys():
-            fields[key] = (Literal[tuple(range(11))], ...)
-        model: type[BaseModel] = create_model(
-            "SessionSummary", __config__=ConfigDict(extra="forbid"), **fields
-        )
-        return model
+        return self._built()[1]
 
     def system_prompt(self) -> str:
         lines = [f"- {k}: {v}" for k, v in SUMMARY_FIELDS.items()]
-        texts = self.situations or ("the client's difficulties overall",)
         lines += [
             f"- {k}: the client's progress on {t.strip()} (0 = no change, 10 = resolved)"
-            for k, t in zip(self.progress_keys(), texts, strict=True)
+            for k, t in zip(self.progress_keys(), self._progress_texts(), strict=True)
         ]
         parts = [
             self.summarizer.description.strip(),
