@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -256,6 +257,12 @@ def test_ratings_aggregate_per_session_across_courses(
     )
     assert progress.groupby("session")["progress_1"].mean().tolist() == [4, 5, 6]
     assert ratings["course"].nunique() == 2
+    # the README's example gives the same numbers
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "course.db" in b)
+    space: dict[str, Any] = {"personae": personae}
+    exec(block.replace("course.db", str(db)), space)
+    assert space["per_session"].loc["rater"].tolist() == [2.5, 5.0, 7.5]
 
 
 def test_start_stage_and_per_stage_fields(
