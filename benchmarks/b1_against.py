@@ -67,18 +67,27 @@ def main() -> None:
             for _ in range(args.rounds):  # alternate, so drift on a noisy machine hits both
                 ours.append(_once(ROOT, scenario, folder / "ours.db", n))
                 theirs.append(_once(base, scenario, folder / "theirs.db", n))
-            rows.append({
-                "episodes in flight": n,
-                "this checkout turns/s": statistics.median(ours),
-                f"{args.against} turns/s": statistics.median(theirs),
-                "ratio (this / baseline)": statistics.median(ours) / statistics.median(theirs),
-                "this min-max": f"{min(ours):.0f}-{max(ours):.0f}",
-                "baseline min-max": f"{min(theirs):.0f}-{max(theirs):.0f}",
-            })
-    report("b1_against", f"B1 side by side with {args.against} (scripted, zero latency, "
-           f"10-turn episodes, median of {args.rounds} alternating rounds)", list(rows[0]), rows,
-           {"workload": "personae.run on the B1 scenario, every turn persisted, one process "
-                        "per round"})
+            rows.append(
+                {
+                    "episodes in flight": n,
+                    "this checkout turns/s": statistics.median(ours),
+                    f"{args.against} turns/s": statistics.median(theirs),
+                    "ratio (this / baseline)": statistics.median(ours) / statistics.median(theirs),
+                    "this min-max": f"{min(ours):.0f}-{max(ours):.0f}",
+                    "baseline min-max": f"{min(theirs):.0f}-{max(theirs):.0f}",
+                }
+            )
+    report(
+        "b1_against",
+        f"B1 side by side with {args.against} (scripted, zero latency, "
+        f"10-turn episodes, median of {args.rounds} alternating rounds)",
+        list(rows[0]),
+        rows,
+        {
+            "workload": "personae.run on the B1 scenario, every turn persisted, one process "
+            "per round"
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class _State(TypedDict):
 
 def _bare_graph() -> Any:
     """The dyadic shape with nodes that do nothing: LangGraph's own cost per step."""
+
     async def step(state: _State) -> dict[str, int]:
         return {"turn": state["turn"] + 1}
 
@@ -91,12 +92,28 @@ async def _store_only(folder: Path, episodes: int) -> float:
         for e in range(episodes):
             for turn in range(TURNS):
                 call = f"e{e}-{turn:04d}"
-                writer.insert("llm_calls", {"call_id": call, "episode_id": f"e{e}",
-                                            "turn_idx": turn, "prompt": "p" * 2000,
-                                            "output": "This is a reply.", "seed": turn})
-                writer.insert("turns", {"episode_id": f"e{e}", "idx": turn, "agent": "a",
-                                        "role": "client", "text": "This is a reply.",
-                                        "call_id": call})
+                writer.insert(
+                    "llm_calls",
+                    {
+                        "call_id": call,
+                        "episode_id": f"e{e}",
+                        "turn_idx": turn,
+                        "prompt": "p" * 2000,
+                        "output": "This is a reply.",
+                        "seed": turn,
+                    },
+                )
+                writer.insert(
+                    "turns",
+                    {
+                        "episode_id": f"e{e}",
+                        "idx": turn,
+                        "agent": "a",
+                        "role": "client",
+                        "text": "This is a reply.",
+                        "call_id": call,
+                    },
+                )
         await writer.flush()
         return (time.perf_counter() - start) / (episodes * TURNS)
 
@@ -112,21 +129,29 @@ def main() -> None:
             scenario = write_scenario(folder, repeats=n, max_turns=TURNS, backend="scripted")
             result = personae.run(scenario, db=folder / f"run-{n}.db", concurrency=n)
             per_turn = result.elapsed_s / result.turns
-            rows.append({
-                "episodes in flight": n,
-                "turns": result.turns,
-                "turns/s": result.turns / result.elapsed_s,
-                "ms/turn": per_turn * 1e3,
-                "graph step ms": (graph_ms := asyncio.run(_graph_only(n)) * 1e3),
-                "personae ms": per_turn * 1e3 - graph_ms,
-                "render ms": _render_only(scenario, n) * 1e3,
-                "store ms": asyncio.run(_store_only(folder, n)) * 1e3,
-            })
-    report("b1_orchestration", "B1 orchestration overhead (scripted backend, zero latency, "
-           f"{TURNS}-turn episodes)", list(rows[0]), rows,
-           {"target": ">= 2,000 turns/s and < 0.5 ms per turn at 1,024 episodes",
+            rows.append(
+                {
+                    "episodes in flight": n,
+                    "turns": result.turns,
+                    "turns/s": result.turns / result.elapsed_s,
+                    "ms/turn": per_turn * 1e3,
+                    "graph step ms": (graph_ms := asyncio.run(_graph_only(n)) * 1e3),
+                    "personae ms": per_turn * 1e3 - graph_ms,
+                    "render ms": _render_only(scenario, n) * 1e3,
+                    "store ms": asyncio.run(_store_only(folder, n)) * 1e3,
+                }
+            )
+    report(
+        "b1_orchestration",
+        f"B1 orchestration overhead (scripted backend, zero latency, {TURNS}-turn episodes)",
+        list(rows[0]),
+        rows,
+        {
+            "target": ">= 2,000 turns/s and < 0.5 ms per turn at 1,024 episodes",
             "graph step": "a bare LangGraph graph of the same shape with no-op async nodes",
-            "personae ms": "ms/turn minus the bare graph step: personae's own cost per turn"})
+            "personae ms": "ms/turn minus the bare graph step: personae's own cost per turn",
+        },
+    )
 
 
 if __name__ == "__main__":

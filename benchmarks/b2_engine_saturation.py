@@ -33,11 +33,18 @@ def _recorded(db: Path) -> list[list[GenerationRequest]]:
         "SELECT episode_id, prompt, params_json, seed FROM llm_calls ORDER BY episode_id, turn_idx"
     ):
         p = json.loads(params)
-        chains.setdefault(episode, []).append(GenerationRequest(
-            prompt=prompt, temperature=p["temperature"], top_p=p["top_p"],
-            presence_penalty=p["presence_penalty"], frequency_penalty=p["frequency_penalty"],
-            max_tokens=p["max_tokens"], stop=tuple(p["stop"]), seed=seed,
-        ))
+        chains.setdefault(episode, []).append(
+            GenerationRequest(
+                prompt=prompt,
+                temperature=p["temperature"],
+                top_p=p["top_p"],
+                presence_penalty=p["presence_penalty"],
+                frequency_penalty=p["frequency_penalty"],
+                max_tokens=p["max_tokens"],
+                stop=tuple(p["stop"]),
+                seed=seed,
+            )
+        )
     return list(chains.values())
 
 
@@ -55,20 +62,28 @@ async def _bench(episodes: int, turns: int, pairs: int) -> list[dict[str, object
     async with EmbeddedBackend(n_parallel=episodes, ctx_per_slot=2048) as engine:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            scenario = write_scenario(folder, repeats=episodes, max_turns=turns,
-                                      backend="embedded")
+            scenario = write_scenario(folder, repeats=episodes, max_turns=turns, backend="embedded")
             previous = folder / "warmup.db"
-            await personae.arun(scenario, backend=engine, db=previous, seed=100,
-                                concurrency=episodes)
+            await personae.arun(
+                scenario, backend=engine, db=previous, seed=100, concurrency=episodes
+            )
             for i in range(pairs):
                 db = folder / f"fw{i}.db"
-                fw = await personae.arun(scenario, backend=engine, db=db, seed=i,
-                                         concurrency=episodes)
+                fw = await personae.arun(
+                    scenario, backend=engine, db=db, seed=i, concurrency=episodes
+                )
                 raw_tokens, raw_s = await _raw(engine, _recorded(previous))
                 fw_rate, raw_rate = fw.completion_tokens / fw.elapsed_s, raw_tokens / raw_s
-                rows.append({"pair": i + 1, "framework tokens": fw.completion_tokens,
-                             "framework tok/s": fw_rate, "raw tokens": raw_tokens,
-                             "raw tok/s": raw_rate, "ratio": fw_rate / raw_rate})
+                rows.append(
+                    {
+                        "pair": i + 1,
+                        "framework tokens": fw.completion_tokens,
+                        "framework tok/s": fw_rate,
+                        "raw tokens": raw_tokens,
+                        "raw tok/s": raw_rate,
+                        "ratio": fw_rate / raw_rate,
+                    }
+                )
                 previous = db
     return rows
 
@@ -81,10 +96,14 @@ def main() -> None:
     args = parser.parse_args()
     rows = asyncio.run(_bench(args.episodes, args.turns, args.pairs))
     mean = sum(float(r["ratio"]) for r in rows) / len(rows)  # type: ignore[arg-type]
-    report("b2_engine_saturation",
-           f"B2 engine saturation (embedded llama.cpp, Gemma 3 270M, {args.episodes} episodes "
-           f"in flight, n_parallel={args.episodes}, {args.turns} turns)",
-           list(rows[0]), rows, {"mean ratio framework/raw": mean, "target": ">= 0.90"})
+    report(
+        "b2_engine_saturation",
+        f"B2 engine saturation (embedded llama.cpp, Gemma 3 270M, {args.episodes} episodes "
+        f"in flight, n_parallel={args.episodes}, {args.turns} turns)",
+        list(rows[0]),
+        rows,
+        {"mean ratio framework/raw": mean, "target": ">= 0.90"},
+    )
 
 
 if __name__ == "__main__":

@@ -35,11 +35,34 @@ def _rows(turns: int) -> list[tuple[str, dict[str, object]]]:
     for t in range(turns):
         episode, turn = f"e{t // 10}", t % 10
         call = f"{episode}-{turn:04d}"
-        rows.append(("llm_calls", {"call_id": call, "episode_id": episode, "turn_idx": turn,
-                                   "prompt": PROMPT, "output": "A reply.", "seed": t,
-                                   "prompt_tokens": 500, "completion_tokens": 20}))
-        rows.append(("turns", {"episode_id": episode, "idx": turn, "agent": "client",
-                               "role": "client", "text": "A reply.", "call_id": call}))
+        rows.append(
+            (
+                "llm_calls",
+                {
+                    "call_id": call,
+                    "episode_id": episode,
+                    "turn_idx": turn,
+                    "prompt": PROMPT,
+                    "output": "A reply.",
+                    "seed": t,
+                    "prompt_tokens": 500,
+                    "completion_tokens": 20,
+                },
+            )
+        )
+        rows.append(
+            (
+                "turns",
+                {
+                    "episode_id": episode,
+                    "idx": turn,
+                    "agent": "client",
+                    "role": "client",
+                    "text": "A reply.",
+                    "call_id": call,
+                },
+            )
+        )
     return rows
 
 
@@ -150,11 +173,28 @@ async def _lag(path: Path, writer: Any, seconds: float) -> dict[str, float]:
             while time.perf_counter() < busy:
                 pass
             episode_id, call = f"e{e % 1000}", f"e{e}-{t:05d}"
-            w.insert("llm_calls", {"call_id": call, "episode_id": episode_id, "turn_idx": t,
-                                   "prompt": PROMPT, "output": "A reply.", "seed": t})
-            w.insert("turns", {"episode_id": episode_id, "idx": t + 100_000 * (e // 1000),
-                               "agent": "client", "role": "client", "text": "A reply.",
-                               "call_id": call})
+            w.insert(
+                "llm_calls",
+                {
+                    "call_id": call,
+                    "episode_id": episode_id,
+                    "turn_idx": t,
+                    "prompt": PROMPT,
+                    "output": "A reply.",
+                    "seed": t,
+                },
+            )
+            w.insert(
+                "turns",
+                {
+                    "episode_id": episode_id,
+                    "idx": t + 100_000 * (e // 1000),
+                    "agent": "client",
+                    "role": "client",
+                    "text": "A reply.",
+                    "call_id": call,
+                },
+            )
             produced_at.append(time.perf_counter())
             t += 1
             await w.room()
@@ -163,8 +203,11 @@ async def _lag(path: Path, writer: Any, seconds: float) -> dict[str, float]:
     async def probe() -> None:
         while time.perf_counter() < stop:
             committed = reader.execute("SELECT coalesce(max(id), 0) FROM turns").fetchone()[0]
-            lags.append(time.perf_counter() - produced_at[committed]
-                        if committed < len(produced_at) else 0.0)
+            lags.append(
+                time.perf_counter() - produced_at[committed]
+                if committed < len(produced_at)
+                else 0.0
+            )
             await asyncio.sleep(0.05)
 
     start = time.perf_counter()
@@ -175,8 +218,12 @@ async def _lag(path: Path, writer: Any, seconds: float) -> dict[str, float]:
     reader.close()
     # rows still queued when production stopped trail by at least the time to drain them
     worst = max([*lags, drained - produced])
-    return {"turns": len(produced_at), "turns/s produced": len(produced_at) / produced,
-            "max lag s": worst, "mean lag s": sum(lags) / max(len(lags), 1)}
+    return {
+        "turns": len(produced_at),
+        "turns/s produced": len(produced_at) / produced,
+        "max lag s": worst,
+        "mean lag s": sum(lags) / max(len(lags), 1),
+    }
 
 
 def main() -> None:
@@ -193,30 +240,45 @@ def main() -> None:
         naive = _naive(b, rows)
     n = args.turns
     table: list[dict[str, Any]] = [
-        {"writer": "batched TurnLogWriter", "turns/s": n / total,
-         "ms/turn": total / n * 1e3, "ms/turn to enqueue": enqueue / n * 1e3},
-        {"writer": "one transaction per row", "turns/s": n / naive,
-         "ms/turn": naive / n * 1e3, "ms/turn to enqueue": naive / n * 1e3},
+        {
+            "writer": "batched TurnLogWriter",
+            "turns/s": n / total,
+            "ms/turn": total / n * 1e3,
+            "ms/turn to enqueue": enqueue / n * 1e3,
+        },
+        {
+            "writer": "one transaction per row",
+            "turns/s": n / naive,
+            "ms/turn": naive / n * 1e3,
+            "ms/turn to enqueue": naive / n * 1e3,
+        },
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        for name, make in (("lag: TurnLogWriter (on the loop)", TurnLogWriter),
-                           ("lag: writer thread, execute per row", _ThreadWriter)):
+        for name, make in (
+            ("lag: TurnLogWriter (on the loop)", TurnLogWriter),
+            ("lag: writer thread, execute per row", _ThreadWriter),
+        ):
             path = Path(tmp) / f"lag-{len(table)}.db"
             _prepare(path, 1000 * 10)
             lag = asyncio.run(_lag(path, make(path), args.lag_seconds))
             table.append({"writer": name, "turns/s": lag["turns/s produced"], **lag})
     new, old = table[2]["max lag s"], table[3]["max lag s"]
-    report("b3_writer", f"B3 writer ({n:,} turns, each a turn row + an llm_calls row with a "
-           "2 KB prompt; lag rows: 64 CPU-bound episodes, 0.3 ms of loop CPU per turn, "
-           f"{args.lag_seconds:g} s)",
-           ["writer", "turns/s", "ms/turn", "ms/turn to enqueue", "max lag s", "mean lag s"],
-           table,
-           {"batched / naive throughput": naive / total,
+    report(
+        "b3_writer",
+        f"B3 writer ({n:,} turns, each a turn row + an llm_calls row with a "
+        "2 KB prompt; lag rows: 64 CPU-bound episodes, 0.3 ms of loop CPU per turn, "
+        f"{args.lag_seconds:g} s)",
+        ["writer", "turns/s", "ms/turn", "ms/turn to enqueue", "max lag s", "mean lag s"],
+        table,
+        {
+            "batched / naive throughput": naive / total,
             "writer thread / TurnLogWriter max commit lag": old / max(new, 1e-9),
             "ms/turn": "the batched writer writes on the event-loop thread, so this is what "
-                       "the loop pays per turn (enqueueing is part of it)",
+            "the loop pays per turn (enqueueing is part of it)",
             "max lag s": "age of the oldest produced turn not yet committed (what a kill -9 "
-                         "would lose); worst on an otherwise idle machine"})
+            "would lose); worst on an otherwise idle machine",
+        },
+    )
 
 
 if __name__ == "__main__":

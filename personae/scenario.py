@@ -15,6 +15,7 @@ any engine starts, and every problem is a one-line `UserError` naming the file a
 
 from __future__ import annotations
 
+import difflib
 import glob
 import itertools
 import json
@@ -22,6 +23,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as _field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +38,7 @@ from pydantic import (
     field_validator,
 )
 
+from personae._course import CourseSpec
 from personae._overrides import apply_settings, blame_setting
 from personae._pools import Member, check_pool_sizes, draw, load_pool, pool_ref
 from personae._shipped import scenarios_dir
@@ -43,7 +46,7 @@ from personae._yaml import load_yaml
 from personae.agents import Sampling, get_role
 from personae.errors import UserError
 from personae.graphs import Cast, GraphKind, GraphOptions, get_graph
-from personae.judges import JudgeAgent
+from personae.judges import JudgeAgent, SessionSummarizer
 from personae.plugins import load_imports
 from personae.seeds import Seed, derive_seed
 from personae.store import episode_key
@@ -176,6 +179,9 @@ class Scenario(_Spec):
         default_factory=dict, description="Persona pools agents draw from per episode."
     )
     grid: dict[str, str | list[Any]] = Field(default_factory=dict)
+    course: CourseSpec | None = Field(
+        None, description="Every (condition, repeat) is a course of sessions (see _course)."
+    )
 
     #: Folder that relative persona paths are resolved against (not part of the file).
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -262,6 +268,8 @@ class EpisodePlan:
         seed: The seed its call seeds derive from.
         lineage: The episode it descends from (a fork's root), whose random draws it shares;
             None: itself.
+        context: Text given to agents for the whole episode, by agent name (a course's
+            memory and session goal; stored in `episodes.context_json`).
     """
 
     index: int
@@ -272,6 +280,7 @@ class EpisodePlan:
     stage: int = 0
     seed: int = 0
     lineage: str | None = None
+    context: Mapping[str, str] = _field(default_factory=dict)
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -393,6 +402,7 @@ def _parse(data: dict[str, Any], source: str, base_dir: Path) -> Scenario:
     scenario.source = source
     scenario.agents = _expand_counts(scenario.agents, source)
     _check_agents(scenario)
+    _check_course(scenario)
     scenario.graph_kind()
     return scenario
 
@@ -591,6 +601,101 @@ def _check_candidates(scenario: Scenario, name: str) -> None:
         )
 
 
+def _check_course(scenario: Scenario) -> None:
+    """The `course:` block: stage sessions summing to `sessions`, every stage name it
+    references (`start_stage`, `per_stage`) among its stages, and every agent it names fit
+    for its part (raises `UserError`)."""
+    course = scenario.course
+    if course is None:
+        return
+    where = f"{scenario.source}: course"
+    stages = course.stage_list()
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise UserError(
+            f"stage {twice!r} is named twice", where=f"{where}.stages", fix="rename one of them"
+        )
+    total = sum(s.sessions for s in stages)
+    if total != course.sessions:
+        raise UserError(
+            f"the stages hold {total} sessions, but the course has sessions: {course.sessions}",
+            where=f"{where}.stages",
+            fix=f"make the stages' sessions sum to {course.sessions}, or set sessions: {total}",
+        )
+    references = [("start_stage", course.start_stage)] if course.start_stage else []
+    references += [(f"per_stage.{key}", key) for key in course.per_stage]
+    for key, stage in references:
+        if stage not in names:
+            close = difflib.get_close_matches(stage, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserError(
+                f"unknown stage {stage!r}",
+                where=f"{where}.{key}",
+                fix=f"{hint}stages: {', '.join(names)}",
+            )
+    _check_summary_agent(scenario, course.summary)
+    speakers = scenario.cast().speakers
+    for key in ("memory", "goal_to"):
+        for name in getattr(course, key) or ():
+            if name not in scenario.agents:
+                raise UserError(
+                    f"{key} names an unknown agent {name!r}",
+                    where=f"{where}.{key}",
+                    fix=f"agents: {', '.join(scenario.agents)}",
+                )
+    if course.client is not None and course.client not in speakers:
+        raise UserError(
+            f"client names {course.client!r}, which is not an agent that takes turns",
+            where=f"{where}.client",
+            fix=f"speakers: {', '.join(speakers)}",
+        )
+    for stage, changes in course.per_stage.items():
+        for key in changes:
+            agent, _, name = str(key).partition(".")
+            if agent not in scenario.agents or not name or "." in name:
+                raise UserError(
+                    f"per-stage key {key!r} must be AGENT.FIELD (a persona field)",
+                    where=f"{where}.per_stage.{stage}.{key}",
+                    fix=f"agents: {', '.join(scenario.agents)}",
+                )
+
+
+def _check_summary_agent(scenario: Scenario, name: str) -> None:
+    """The course's summary agent: a session summarizer rating the whole session at its end."""
+    where = f"{scenario.source}: course.summary"
+    spec = scenario.agents.get(name)
+    if spec is None:
+        raise UserError(
+            f"summary names an unknown agent {name!r}",
+            where=where,
+            fix=f"add an agent with role session_summarizer; agents: {', '.join(scenario.agents)}",
+        )
+    if not issubclass(get_role(spec.role), SessionSummarizer):
+        raise UserError(
+            f"summary agent {name!r} has the role {spec.role!r}, which is not a summarizer",
+            where=f"{scenario.source}: agents.{name}.role",
+            fix="use role session_summarizer (or a role derived from it)",
+        )
+    if spec.when != "end":
+        raise UserError(
+            f"summary agent {name!r} must summarise the session at its end",
+            where=f"{scenario.source}: agents.{name}.when",
+            fix="set observes: all and when: end",
+        )
+
+
+def course_client(scenario: Scenario) -> str | None:
+    """The course's client: `course.client`, else the one speaker with role client."""
+    course = scenario.course
+    if course is None:
+        return None
+    if course.client is not None:
+        return course.client
+    clients = [n for n in scenario.cast().speakers if scenario.agents[n].role == "client"]
+    return clients[0] if len(clients) == 1 else None
+
+
 # -- planning -------------------------------------------------------------------------------
 
 
@@ -732,12 +837,21 @@ def plan_episodes(
     """Every episode of the scenario, personas loaded and validated, in a stable order.
 
     The order is repeat-major over the grid's conditions (product of the grid values in file
-    order); `limit` (or the scenario's `episodes`) keeps the first N.
+    order); `limit` (or the scenario's `episodes`) keeps the first N. With a `course:` block
+    each of those is a course, whose sessions are the episodes (see `course_plans`).
 
     Raises:
         UserError: a bad grid or persona, or a plan of more than `plan_limit` (default
             `PLAN_LIMIT`) turns, checked before any episode is built.
     """
+    plans = _condition_plans(scenario, limit, plan_limit)
+    return plans if scenario.course is None else course_plans(scenario, plans)
+
+
+def _condition_plans(
+    scenario: Scenario, limit: int | None, plan_limit: int | None
+) -> list[EpisodePlan]:
+    """One plan per (condition, repeat), at most `limit` (or the scenario's `episodes`)."""
     axes = _grid_axes(scenario)
     cap = limit or scenario.episodes
     conditions = math.prod(len(values) for _, _, values in axes)
@@ -745,6 +859,8 @@ def plan_episodes(
     if cap is not None:
         size = min(size, cap)
     turns = int(getattr(scenario.graph, "max_turns", 1) or 1)
+    if scenario.course is not None:
+        turns *= scenario.course.sessions
     allowed = plan_limit or PLAN_LIMIT
     if size * turns > allowed:
         raise UserError(
@@ -832,6 +948,58 @@ def plan_episodes(
                 )
             )
     return plans
+
+
+def course_plans(scenario: Scenario, courses: Sequence[EpisodePlan]) -> list[EpisodePlan]:
+    """The sessions of every course: each planned (condition, repeat) is a course whose id
+    is that plan's episode id; its session k (from `start_stage`'s first on) is an episode in
+    runner stage k-1 with the condition's `course`, `session` and `course_stage` keys added and
+    its stage's `per_stage` persona fields applied; ids come from (course id, session)."""
+    course = scenario.course
+    assert course is not None
+    plans: list[EpisodePlan] = []
+    staged: dict[tuple[str, int, str], BaseModel] = {}
+    for session in range(course.first_session(), course.sessions + 1):
+        stage = course.stage_of(session)
+        fields: dict[str, dict[str, Any]] = {}
+        for key, value in course.per_stage.get(stage.name, {}).items():
+            agent, _, name = str(key).partition(".")
+            fields.setdefault(agent, {})[name] = value
+        for base in courses:
+            personas = dict(base.personas)
+            condition = {k: dict(v) if isinstance(v, dict) else v
+                         for k, v in base.condition.items()}  # fmt: skip
+            for agent, changed in fields.items():
+                memo = (agent, id(base.personas[agent]), stage.name)
+                if memo not in staged:
+                    current = base.personas[agent]
+                    staged[memo] = validate_persona(
+                        type(current),
+                        {**current.model_dump(mode="json"), **changed},
+                        f"{scenario.source}: course.per_stage.{stage.name}",
+                    )
+                personas[agent] = staged[memo]
+                entry = condition.setdefault(agent, {})
+                if isinstance(entry, dict):
+                    entry.update(changed)
+            condition.update(course=base.episode_id, session=session, course_stage=stage.name)
+            plans.append(
+                EpisodePlan(
+                    index=len(plans),
+                    repeat=base.repeat,
+                    episode_id=session_id(base.episode_id, session),
+                    condition=condition,
+                    personas=personas,
+                    stage=session - 1,
+                    seed=base.seed,
+                )
+            )
+    return plans
+
+
+def session_id(course_id: str, session: int) -> str:
+    """The episode id of session `session` of course `course_id`."""
+    return episode_key("course", {"course": course_id, "session": session}, 0, session)
 
 
 def _candidate_persona(

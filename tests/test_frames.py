@@ -127,7 +127,11 @@ def test_bad_input_is_the_stores_one_line_error(tmp_path: Path, two_runs: Path) 
 
 def test_the_readme_example_runs(two_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "frames(" in b]
+    blocks = [
+        b
+        for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+        if "frames(" in b and "logs/discussion.db" in b
+    ]
     assert len(blocks) == 1
     exec(blocks[0].replace("logs/discussion.db", str(two_runs)), {})
     shown = capsys.readouterr().out

@@ -123,6 +123,8 @@ class Agent:
         window: See only the last `window` visible lines (None: the whole history).
         multi_party: More than two agents talk: chat prompts name the speaker of every line.
         audience: Who hears this agent's lines besides itself (None: everyone).
+        context: Text given to this agent for the whole episode, after its own instructions
+            (e.g. notes from earlier sessions of a course); part of its private header.
     """
 
     role: ClassVar[str] = "agent"
@@ -141,8 +143,10 @@ class Agent:
         window: int | None = None,
         multi_party: bool = False,
         audience: Sequence[str] | None = None,
+        context: str = "",
     ) -> None:
         self.name = name
+        self.context = context
         self.persona = persona
         self.sampling = sampling or Sampling()
         self.render_mode: RenderMode = render_mode
@@ -153,8 +157,10 @@ class Agent:
 
     @functools.cached_property
     def _system_text(self) -> str:
-        """`system_prompt()`, stripped, computed once (it is constant for the episode)."""
-        return self.system_prompt().strip()
+        """`system_prompt()` then the episode's `context`, stripped, computed once (both are
+        constant for the episode)."""
+        parts = (self.system_prompt().strip(), self.context.strip())
+        return "\n\n".join(p for p in parts if p)
 
     @functools.cached_property
     def _folded_header(self) -> str:

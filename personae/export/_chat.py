@@ -48,10 +48,11 @@ from personae.store import RunLog
 
 def _chat_agents(setup: EpisodeSetup) -> dict[str, Agent]:
     """Every agent of the episode, rendering chat messages (labels come from all of them),
-    briefed by the episode's graph kind as the graph briefed them."""
-    scenario = setup.scenario
-    agents = build_agents(scenario, setup.plan.personas, {}, render="chat")
-    scenario.graph_kind(condition_graph_options(scenario, setup.plan.condition)).brief(agents)
+    given what it was given then (a course session's memory and goal) and briefed by the
+    episode's graph kind as the graph briefed them."""
+    scenario, plan = setup.scenario, setup.plan
+    agents = build_agents(scenario, plan.personas, {}, render="chat", context=plan.context)
+    scenario.graph_kind(condition_graph_options(scenario, plan.condition)).brief(agents)
     return agents
 
 

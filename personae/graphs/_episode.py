@@ -617,12 +617,17 @@ class Episode:
             self._pending.clear()
 
     async def finish(self) -> None:
-        """Wait for pending verdicts, then run the end-of-episode observers."""
+        """Wait for pending verdicts, then run the end-of-episode observers (the verdicts of
+        judges marked `in_outcome` go into `outcome["verdicts"]`)."""
         await self.settle()
         prefix = list(self.history)
         for observer in self.observers:
             if observer.when == "end":
-                await self.judge(observer, None, prefix)
+                judgment = await self.judge(observer, None, prefix)
+                if observer.judge.in_outcome:  # e.g. a session summary a course reads
+                    self.outcome = dict(self.outcome or {})
+                    verdicts = self.outcome.setdefault("verdicts", {})
+                    verdicts[observer.judge.name] = judgment.parsed if judgment.valid else None
 
     def cancel(self) -> None:
         """Cancel pending verdicts (the episode failed)."""

@@ -82,6 +82,9 @@ class JudgeAgent(Agent):
     #: Attempts per judgment before a parse failure is recorded.
     max_attempts: ClassVar[int] = 2
 
+    #: Whether its end-of-episode verdict also goes into the episode's outcome
+    #: (`outcome["verdicts"][NAME]`: the parsed verdict, None when invalid).
+    in_outcome: ClassVar[bool] = False
     #: Agents whose lines this judge reads whoever they were addressed to (set by the graph).
     watches: frozenset[str] = frozenset()
 
@@ -118,7 +121,7 @@ class JudgeAgent(Agent):
             what = "your choice" if rubric.kind == "choice" else "an integer per dimension"
             first = "a short rationale first, then " if rubric.rationale else ""
             fmt = f"Reply with JSON: {first}{what}."
-        parts = [self.intro(), rubric.text(), fmt]
+        parts = [self.intro(), self.context.strip(), rubric.text(), fmt]
         return "\n".join(x for x in parts if x)
 
     def _ask(self, target: Utterance | None) -> str:

@@ -8,6 +8,7 @@ run row is written only after the engines are up.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -21,8 +22,9 @@ from personae.agents import Agent, Sampling, get_role
 from personae.backends import Backend, RenderMode
 from personae.errors import UserError
 from personae.graphs import Episode, Observer, Seat
-from personae.judges import JudgeAgent
+from personae.judges import JudgeAgent, SessionSummarizer
 from personae.plugins import as_stored, load_imports
+from personae.runner._course import session_context, situations_of
 from personae.runner._engine import RunResult, execute
 from personae.runner._shards import Shard, stored_shard
 from personae.runner._study import (
@@ -40,6 +42,7 @@ from personae.scenario import (
     Scenario,
     candidate_key,
     condition_graph_options,
+    course_client,
     grid_backend_key,
     grid_backends,
     load_scenario,
@@ -50,7 +53,7 @@ from personae.scenario import (
     with_settings,
 )
 from personae.seeds import check_seed
-from personae.store import RunLog
+from personae.store import RunLog, TurnLogWriter
 from personae.validation import validate_persona
 
 
@@ -60,9 +63,11 @@ def build_agents(
     backends: Mapping[str, Backend],
     *,
     render: RenderMode | None = None,
+    context: Mapping[str, str] | None = None,
 ) -> dict[str, Agent]:
     """The episode's agents, in scenario order, rendering for their backend's mode (or
-    `render`, e.g. `chat` for training exports)."""
+    `render`, e.g. `chat` for training exports), each given its `context` text (a course's
+    memory and goal; a course's summarizer is told the client's situations)."""
     multi_party = len(scenario.cast().speakers) > 2
     agents: dict[str, Agent] = {}
     for name, spec in scenario.agents.items():
@@ -75,7 +80,13 @@ def build_agents(
             window=spec.window,
             multi_party=multi_party,
             audience=spec.audience,
+            context=(context or {}).get(name, ""),
         )
+    client = course_client(scenario)
+    if scenario.course is not None and client is not None:
+        summarizer = agents[scenario.course.summary]
+        assert isinstance(summarizer, SessionSummarizer)
+        summarizer.situations = situations_of(personas[client])
     return agents
 
 
@@ -105,6 +116,7 @@ def build_seats(
                 window=spec.window,
                 multi_party=seat.multi_party,
                 audience=spec.audience,
+                context=seat.context,
             )
             for c in spec.candidates
         }
@@ -136,6 +148,9 @@ class ConversationStudy(Study):
         self.name = scenario.name
         self.seed = scenario.seed
         self.base_dir = scenario.base_dir
+        self._plans: list[EpisodePlan] | None = None
+        #: A course's session context per episode id, set by `prepare` before its stage.
+        self._contexts: dict[str, dict[str, str]] = {}
 
     def spec_json(self) -> str:
         return self.scenario.model_dump_json()
@@ -155,12 +170,38 @@ class ConversationStudy(Study):
         return specs
 
     def plan(self) -> list[EpisodePlan]:
-        return plan_episodes(self.scenario, plan_limit=self.plan_limit)
+        if self._plans is None:
+            self._plans = plan_episodes(self.scenario, plan_limit=self.plan_limit)
+        return self._plans
 
     def episode_row(self, plan: EpisodePlan) -> dict[str, Any]:
         row = super().episode_row(plan)
         row["condition_json"] = json.dumps({**plan.condition, "repeat": plan.repeat})
+        row["context_json"] = json.dumps(dict(plan.context)) if plan.context else None
         return row
+
+    async def prepare(
+        self,
+        stage: int,
+        outcomes: Mapping[str, Any],
+        writer: TurnLogWriter | None,
+        run_id: str = "",
+    ) -> None:
+        """A course's session `stage + 1`: each course's session is given the summaries of its
+        earlier sessions (from `outcomes`, so a resumed run reads them back from the store),
+        stored with it in `episodes.context_json` before it starts."""
+        if self.scenario.course is None:
+            return
+        for plan in self.plan():
+            if plan.stage != stage or plan.episode_id in outcomes:
+                continue
+            context = session_context(self.scenario, plan, outcomes)
+            self._contexts[plan.episode_id] = context
+            if writer is not None:
+                writer.upsert(
+                    "episodes",
+                    {"episode_id": plan.episode_id, "context_json": json.dumps(context)},
+                )
 
     def job(self, plan: EpisodePlan, services: Services) -> EpisodeJob:
         scenario = self.scenario
@@ -169,7 +210,9 @@ class ConversationStudy(Study):
             spec = condition.get(BACKEND_FIELD) if isinstance(condition, dict) else None
             if agent in scenario.agents and spec is not None:
                 backends[agent] = services.backends[grid_backend_key(agent, spec)]
-        agents = build_agents(scenario, plan.personas, backends)
+        # a logged episode is given what it was given then; a live one what `prepare` built
+        context = plan.context or self._contexts.get(plan.episode_id, {})
+        agents = build_agents(scenario, plan.personas, backends, context=context)
         seats = build_seats(scenario, plan.personas, backends, agents)
         episode = Episode(
             episode_id=plan.episode_id,
@@ -214,6 +257,7 @@ class ConversationStudy(Study):
             personas=personas,
             stage=int(row.get("stage") or 0),
             seed=int(row.get("seed") or 0),
+            context=json.loads(row.get("context_json") or "{}"),
         )
 
     def settings(
@@ -274,8 +318,7 @@ class ConversationStudy(Study):
                         personas[key] = updated
                 changes.setdefault(agent, {})[field] = recorded
         study = ConversationStudy(evolve(self.scenario, agents=agents))
-        plan = EpisodePlan(plan.index, plan.repeat, plan.episode_id, plan.condition, personas,
-                           plan.stage, plan.seed, plan.lineage)  # fmt: skip
+        plan = dataclasses.replace(plan, personas=personas)
         return study, plan, changes
 
     def with_backend(self, backend: str) -> Study:

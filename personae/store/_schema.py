@@ -1,7 +1,8 @@
 """The turn-log schema: tables, version check and opening a database safely.
 
 Tables: `meta` (app name and `schema_version`), `runs`, `episodes` (with a graph's small
-`outcome_json` that later stages read), `turns` (append-only; visible text in `text`, its
+`outcome_json` that later stages read, and `context_json`: text each agent was given for the
+whole episode, e.g. a course session's memory), `turns` (append-only; visible text in `text`, its
 audience, its kind, the turn policy's decision, hidden per-turn state in `hidden_json`),
 `llm_calls` (rendered prompt, sampling params, seed, raw output and logprobs, token counts,
 latency, backend id, purpose), `judgments` (a judge's verdict on a turn or an episode: raw and
@@ -71,6 +72,7 @@ _TABLES: dict[str, dict[str, Any]] = {
             "fork_turn": int,
             "stage": int,
             "outcome_json": str,
+            "context_json": str,
         },
         "pk": "episode_id",
         "foreign_keys": [("run_id", "runs", "run_id")],
