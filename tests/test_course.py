@@ -294,7 +294,7 @@ def test_start_stage_and_per_stage_fields(
         ({}, {"summarizer": {"when": "turn"}}, "at its end"),
         ({"memory": ["counselr"]}, {}, "unknown agent 'counselr'"),
         ({"client": "rater"}, {}, "not an agent that takes turns"),
-        ({"grid": None}, {}, "AGENT.persona or AGENT.FIELD"),  # stages are not grid values
+        ({"grid": None}, {}, "must be AGENT.persona, AGENT.backend"),  # stages are not grid values
     ],
 )
 def test_bad_course_blocks_are_one_line_exit_2_and_write_nothing(
