@@ -86,3 +86,29 @@ async def test_a_judges_json_schema_is_decoded_bounded_by_the_real_engine(model_
             assert re.fullmatch(json_schema_regex(schema), result.text), result.text
             rubric.output_model.model_validate_json(result.text)
             assert result.finish_reason == "stop"
+
+
+async def test_an_action_grammar_is_decoded_by_the_real_engine(model_dir: Path) -> None:
+    """The computer-use action language goes to vLLM as GBNF: a random tiny model at a high
+    temperature still writes one action line that parses, for the shell and the web actions."""
+    from personae.environments import get_environment
+    from personae.environments._actions import (
+        ParseError,
+        action_grammar,
+        parse_action,
+        with_loop_actions,
+    )
+
+    backend = create_backend(f"vllm:{model_dir}{ENGINE}")
+    async with backend:
+        for env, seed in (("shell", 0), ("shell", 1), ("web", 2), ("web", 3)):
+            specs = with_loop_actions(get_environment(env).actions)
+            result = await backend.generate(
+                GenerationRequest(
+                    prompt="Next action:", grammar=action_grammar(specs), max_tokens=700,
+                    temperature=1.5, seed=seed,
+                )
+            )  # fmt: skip
+            action = parse_action(result.text, specs)
+            assert not isinstance(action, ParseError), (result.text, action)
+            assert result.finish_reason == "stop", result.text
