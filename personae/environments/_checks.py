@@ -14,6 +14,7 @@ is a pydantic model selected by its `kind` key, written in YAML:
 
 from __future__ import annotations
 
+import abc
 import re
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
@@ -41,9 +42,9 @@ class _Check(BaseModel):
     id: str = Field(pattern=_ID, description="Names the check in reports.")
     description: str = ""
 
-    def holds(self, initial: State, final: State) -> bool:  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def holds(self, initial: State, final: State) -> bool:
         """True when the fact holds in `final` (compared with `initial` where it says so)."""
-        raise NotImplementedError
 
     def setup_paths(self) -> tuple[str, ...]:
         """Paths this check requires to exist in the task's setup (none by default)."""

@@ -1,11 +1,12 @@
 """The run folder: where every episode of one run gets its private folder, and nothing leaks.
 
-A `RunFolder` is a fresh folder (`run-XXXX`) inside a base folder (by default one per user in
-the system's temporary folder). It holds a lock for as long as the run lives; episode folders
-are made inside it and removed by `remove` when their episode closes, and the whole folder is
-removed by `close` (also at interpreter exit). A run that is killed outright cannot clean up
-after itself — its sandboxes die with it (`--die-with-parent`) but its folder stays — so every
-new `RunFolder` first removes the folders of runs whose lock nobody holds any more.
+A `RunFolder` is a fresh folder (`run-` and a random suffix) inside a base folder (by default
+one per user in the system's temporary folder). It holds a lock for as long as the run lives;
+episode folders are made inside it and removed by `remove` when their episode closes, and the
+whole folder is removed by `close` (also at interpreter exit). A run that is killed outright
+cannot clean up after itself — its sandboxes die with it (`--die-with-parent`) but its folder
+stays — so every new `RunFolder` first removes the folders of runs whose lock nobody holds any
+more.
 """
 
 from __future__ import annotations
