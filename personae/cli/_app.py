@@ -50,6 +50,46 @@ TrustBackend = Annotated[
 ]
 
 
+#: The options `personae run` shares with the commands that run a scenario through it.
+Episodes = Annotated[int | None, typer.Option(min=1, help="Run only the first N episodes.")]
+Repeats = Annotated[
+    int | None, typer.Option(min=1, help="Episodes per condition (default: the scenario's).")
+]
+Settings = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a scenario field by dotted path, e.g. graph.max_turns=4 or "
+        "agents.helper.sampling.temperature=0.2 (YAML value); repeatable.",
+    ),
+]
+BackendSpec = Annotated[
+    str | None, typer.Option(help="Backend spec for every agent, e.g. embedded, scripted.")
+]
+RunDb = Annotated[
+    Path | None, typer.Option(help="Run database (default logs/<scenario>-<time>.db).")
+]
+RunSeed = Annotated[
+    str | None,
+    typer.Option(metavar="INT", help="Run seed, 0 to 2**63-1 (default: the scenario's)."),
+]
+Concurrency = Annotated[
+    int | None, typer.Option(min=1, help="Episodes in flight (default: the backend's).")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Cache = Annotated[
+    bool,
+    typer.Option(
+        help="Reuse replies to identical requests from response_cache.db next to the database."
+    ),
+]
+Resume = Annotated[
+    Path | None,
+    typer.Option(help="Continue the newest run in this database (skips complete episodes)."),
+]
+
+
 #: Which episodes a command reads (export, judge): `--scenario`, `--status`, `--where`.
 OnlyScenario = Annotated[str | None, typer.Option(help="Only this scenario's episodes.")]
 OnlyStatus = Annotated[str, typer.Option(help="Only episodes with this status; 'any' for all.")]
@@ -82,45 +122,16 @@ def run(
     scenario: Annotated[
         str | None, typer.Argument(help="Scenario YAML file, or a shipped scenario name.")
     ] = None,
-    episodes: Annotated[
-        int | None, typer.Option(min=1, help="Run only the first N episodes.")
-    ] = None,
-    repeats: Annotated[
-        int | None, typer.Option(min=1, help="Episodes per condition (default: the scenario's).")
-    ] = None,
-    settings: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="Override a scenario field by dotted path, e.g. graph.max_turns=4 or "
-            "agents.helper.sampling.temperature=0.2 (YAML value); repeatable.",
-        ),
-    ] = None,
-    backend: Annotated[
-        str | None, typer.Option(help="Backend spec for every agent, e.g. embedded, scripted.")
-    ] = None,
-    db: Annotated[
-        Path | None, typer.Option(help="Run database (default logs/<scenario>-<time>.db).")
-    ] = None,
-    seed: Annotated[
-        str | None,
-        typer.Option(metavar="INT", help="Run seed, 0 to 2**63-1 (default: the scenario's)."),
-    ] = None,
-    concurrency: Annotated[
-        int | None, typer.Option(min=1, help="Episodes in flight (default: the backend's).")
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    cache: Annotated[
-        bool,
-        typer.Option(
-            help="Reuse replies to identical requests from response_cache.db next to the database."
-        ),
-    ] = False,
-    resume: Annotated[
-        Path | None,
-        typer.Option(help="Continue the newest run in this database (skips complete episodes)."),
-    ] = None,
+    episodes: Episodes = None,
+    repeats: Repeats = None,
+    settings: Settings = None,
+    backend: BackendSpec = None,
+    db: RunDb = None,
+    seed: RunSeed = None,
+    concurrency: Concurrency = None,
+    quiet: Quiet = False,
+    cache: Cache = False,
+    resume: Resume = None,
     plan_limit: Annotated[
         int | None,
         typer.Option(min=1, help="Most turns a plan may hold (default 10,000,000)."),

@@ -17,7 +17,23 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from personae.cli._analyze import _column, _table, _with_ci
-from personae.cli._app import Imports, TrustBackend, exit_if_failed, out, start_run
+from personae.cli._app import (
+    BackendSpec,
+    Cache,
+    Concurrency,
+    Episodes,
+    Imports,
+    Quiet,
+    Repeats,
+    Resume,
+    RunDb,
+    RunSeed,
+    Settings,
+    TrustBackend,
+    exit_if_failed,
+    out,
+    start_run,
+)
 from personae.cli._experiment import Plot, _print_table, _RunByDefault, experiment
 from personae.errors import UserError
 
@@ -164,44 +180,16 @@ def run(
     scenario: Annotated[
         str | None, typer.Argument(help="Computer-use scenario YAML file, or a shipped name.")
     ] = None,
-    episodes: Annotated[
-        int | None, typer.Option(min=1, help="Run only the first N episodes.")
-    ] = None,
-    repeats: Annotated[
-        int | None, typer.Option(min=1, help="Episodes per condition (default: the scenario's).")
-    ] = None,
-    settings: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="Override a scenario field by dotted path (YAML value); repeatable.",
-        ),
-    ] = None,
-    backend: Annotated[
-        str | None, typer.Option(help="Backend spec for every agent, e.g. scripted.")
-    ] = None,
-    db: Annotated[
-        Path | None, typer.Option(help="Run database (default logs/<scenario>-<time>.db).")
-    ] = None,
-    seed: Annotated[
-        str | None,
-        typer.Option(metavar="INT", help="Run seed, 0 to 2**63-1 (default: the scenario's)."),
-    ] = None,
-    concurrency: Annotated[
-        int | None, typer.Option(min=1, help="Episodes in flight (default: the backend's).")
-    ] = None,
-    resume: Annotated[
-        Path | None,
-        typer.Option(help="Continue the newest run in this database (skips complete episodes)."),
-    ] = None,
-    cache: Annotated[
-        bool,
-        typer.Option(
-            help="Reuse replies to identical requests from response_cache.db next to the database."
-        ),
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    episodes: Episodes = None,
+    repeats: Repeats = None,
+    settings: Settings = None,
+    backend: BackendSpec = None,
+    db: RunDb = None,
+    seed: RunSeed = None,
+    concurrency: Concurrency = None,
+    resume: Resume = None,
+    cache: Cache = False,
+    quiet: Quiet = False,
     plot: Plot = None,
     csv: Csv = None,
     judge: Judge = None,
